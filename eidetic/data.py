@@ -1,0 +1,70 @@
+"""Accepting the user's data: DataLoaders, or Datasets with a batch size."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from .errors import TaskError
+
+
+def as_loader(data, batch_size: int | None, *, shuffle: bool, name: str) -> DataLoader:
+    """Return ``data`` as a DataLoader of ``(inputs, targets)`` batches.
+
+    Args:
+        data: a ``DataLoader``, or a ``Dataset`` (then ``batch_size`` is required).
+        batch_size: batch size used to wrap a Dataset.
+        shuffle: whether a wrapped Dataset is shuffled.
+        name: the argument's name, for error messages.
+    """
+    if isinstance(data, DataLoader):
+        loader = data
+    elif isinstance(data, (Dataset, IterableDataset)) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        if batch_size is None:
+            raise TaskError(f"{name} is a Dataset: pass batch_size=... so eidetic can batch it, "
+                            "or pass a DataLoader")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise TaskError(f"batch_size must be a positive int, got {batch_size!r}")
+        loader = DataLoader(data, batch_size=batch_size, shuffle=shuffle and not isinstance(data, IterableDataset))
+    else:
+        raise TaskError(f"{name} must be a torch DataLoader or Dataset, got {type(data).__name__}")
+    try:
+        empty = len(loader.dataset) == 0  # type: ignore[arg-type]
+    except TypeError:
+        empty = False  # an iterable dataset of unknown length: checked when it is read
+    if empty:
+        raise TaskError(f"{name} is empty: it holds no samples")
+    return loader
+
+
+def split_batch(batch, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, targets)`` of one batch, or a clear error."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        x, y = batch
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+            return x, y
+    raise TaskError(f"each batch of {name} must be a pair (inputs, targets) of tensors, "
+                    f"got {type(batch).__name__}")
+
+
+def batches(loader: DataLoader, device: torch.device, name: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Iterate ``(inputs, targets)`` on ``device``; raise if the loader yields nothing."""
+    seen = False
+    for batch in loader:
+        x, y = split_batch(batch, name)
+        seen = True
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    if not seen:
+        raise TaskError(f"{name} yielded no batches")
+
+
+def first_inputs(loader: DataLoader, name: str) -> torch.Tensor:
+    """Up to two input samples from the first batch (the example used to trace the network)."""
+    for batch in loader:
+        x, _ = split_batch(batch, name)
+        if x.shape[0] == 0:
+            break
+        return x[:2]
+    raise TaskError(f"{name} yielded no samples")

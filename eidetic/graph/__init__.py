@@ -1,0 +1,120 @@
+"""Discovering which slices of which tensors belong to which unit.
+
+:func:`discover` is called once per architecture: it checks every module against the layer
+registry (refusing LayerNorm, attention and unknown parametric modules with a clear error),
+asks torch-pruning for its proposal, measures the table with the perturbation probe and keeps
+the measurement, reporting where torch-pruning was wrong. :func:`validate` re-measures a given
+table, for tests and for tables a user has edited.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..errors import GraphError
+from .layers import LayerSpec, check_supported, input_positions, register_layer, spec_of
+from .probe import measure
+from .table import FEATURES, Slot, UnitGraph, UnitGroup
+from .tracer import propose
+from .validate import compare
+
+__all__ = [
+    "FEATURES",
+    "LayerSpec",
+    "Slot",
+    "UnitGraph",
+    "UnitGroup",
+    "collect_layers",
+    "compare",
+    "discover",
+    "input_positions",
+    "register_layer",
+    "spec_of",
+    "validate",
+]
+
+log = logging.getLogger("eidetic")
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def collect_layers(net: nn.Module, exclude: Iterable[nn.Module] = ()) -> dict[str, tuple[nn.Module, LayerSpec]]:
+    """Every layer under ``net`` (outside ``exclude``) with its spec, in module order.
+
+    Raises :class:`~eidetic.errors.UnsupportedLayerError` for a refused or unknown module.
+    """
+    skipped = {id(m) for root in exclude for m in root.modules()}
+    layers = {}
+    for name, module in net.named_modules():
+        if id(module) in skipped:
+            continue
+        spec = check_supported(name or type(net).__name__, module)
+        if spec is not None:
+            if module is net:
+                raise GraphError("a ContinualNetwork must not hold parameters directly; put them in layers")
+            layers[name] = (module, spec)
+    return layers
+
+
+def _in_eval(net: nn.Module):
+    modes = {m: m.training for m in net.modules()}
+    net.eval()
+    return modes
+
+
+def discover(net: nn.Module, forward: Forward, example: torch.Tensor, *,
+             exclude: Iterable[nn.Module] = ()) -> UnitGraph:
+    """Compile the unit table of ``forward`` (the body of ``net``).
+
+    Args:
+        net: the module holding the layers.
+        forward: the body's forward function (returns features).
+        example: one or two example inputs, batched.
+        exclude: sub-modules that are not part of the body (the task heads).
+    """
+    layers = collect_layers(net, exclude)
+    modes = _in_eval(net)
+    try:
+        with torch.no_grad():
+            forward(example)  # materialises lazy modules before anything inspects shapes
+        layers = collect_layers(net, exclude)
+        measured = measure(forward, layers, example)
+        used = {n: layers[n] for n in measured.layers}
+        unused = [n for n in layers if n not in used]
+        if unused:
+            log.warning("layers %s are never called by forward(); they take no part in continual "
+                        "learning", unused)
+        try:
+            proposal = propose(net, forward, used, example, measured.feature_dim)
+        except Exception as exc:
+            log.info("torch-pruning could not trace the network (%s: %s); using the probe's table",
+                     type(exc).__name__, exc)
+        else:
+            problems = compare(proposal, measured)
+            if problems:
+                log.info("torch-pruning's coupling table differs from the probe for %d unit(s); "
+                         "using the probe's measurement. First: %s", len(problems), problems[0])
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    return measured
+
+
+def validate(net: nn.Module, forward: Forward, example: torch.Tensor, table: UnitGraph, *,
+             exclude: Iterable[nn.Module] = ()) -> list[str]:
+    """Re-measure the couplings of ``net`` and list every way ``table`` differs from them.
+
+    Returns an empty list when ``table`` is right.
+    """
+    layers = collect_layers(net, exclude)
+    modes = _in_eval(net)
+    try:
+        measured = measure(forward, layers, example)
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    return compare(table, measured)

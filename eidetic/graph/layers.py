@@ -1,0 +1,253 @@
+"""Which tensors of a layer hold which units: the per-type registry.
+
+A *layer* is a module with parameters of its own. For each layer type a :class:`LayerSpec`
+says where the layer's output units live (``out_tensors``: one slice per output unit along a
+dimension) and where it reads its input units (``in_tensor``: columns along ``in_dim``).
+Types with no spec are refused at set-up, with a message naming the module.
+
+Register a custom layer once, before the first ``train_task``::
+
+    class Scaled(nn.Module):                      # y = (x @ W) * s, W is (in, out)
+        def __init__(self, n_in, n_out):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(n_in, n_out) / n_in**0.5)
+            self.s = nn.Parameter(torch.ones(n_out))
+        def forward(self, x):
+            return (x @ self.w) * self.s
+
+    eidetic.register_layer(
+        Scaled,
+        lambda m: eidetic.LayerSpec(out_tensors=(("w", 1), ("s", 0)), in_tensor="w", in_dim=0,
+                                    out_unit_dim=-1, in_unit_dim=-1),
+    )
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedLayerError
+
+__all__ = [
+    "LayerSpec",
+    "broadcast_rows_cols",
+    "check_supported",
+    "input_positions",
+    "register_layer",
+    "spec_of",
+]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Where the units of one layer live in its tensors.
+
+    Args:
+        out_tensors: ``(tensor name, dim)`` pairs; slice ``i`` along ``dim`` belongs to output
+            unit ``i``. Buffers (BatchNorm running statistics) are listed here too.
+        in_tensor: the tensor whose entries read input units, or ``None`` if the layer reads no
+            units of its own (it is a *pass-through*, or reads only the raw input).
+        in_dim: the dimension of ``in_tensor`` that indexes input units.
+        groups: grouped layers (grouped convolutions): output unit ``r`` reads only the
+            inputs of group ``r // (out / groups)``.
+        out_unit_dim: the dimension of the layer's *output activation* that indexes units
+            (1 for channels, -1 for features of a Linear layer).
+        in_unit_dim: the same for the layer's input activation.
+        passthrough: output unit ``i`` is computed from input unit ``i`` alone (BatchNorm,
+            depthwise convolution): the layer joins the units of its input instead of making
+            new ones.
+        score_tensors: tensors whose magnitude ranks units for L1/L2 pruning.
+    """
+
+    out_tensors: tuple[tuple[str, int], ...]
+    in_tensor: str | None = None
+    in_dim: int = 1
+    groups: int = 1
+    out_unit_dim: int = 1
+    in_unit_dim: int = 1
+    passthrough: bool = False
+    score_tensors: tuple[str, ...] = ("weight",)
+
+    def out_dim_of(self, name: str) -> int:
+        """The unit dimension of tensor ``name`` among ``out_tensors``."""
+        for tensor_name, dim in self.out_tensors:
+            if tensor_name == name:
+                return dim
+        raise KeyError(name)
+
+    def tensor_names(self) -> set[str]:
+        names = {name for name, _ in self.out_tensors}
+        if self.in_tensor is not None:
+            names.add(self.in_tensor)
+        return names
+
+
+SpecFn = Callable[[nn.Module], LayerSpec]
+_REGISTRY: dict[type, SpecFn] = {}
+
+
+def register_layer(layer_type: type[nn.Module], spec: SpecFn | LayerSpec) -> None:
+    """Teach eidetic how units map onto the tensors of ``layer_type`` (and its subclasses).
+
+    Args:
+        layer_type: the module class.
+        spec: a :class:`LayerSpec`, or a function of the module instance returning one (use
+            a function when the layout depends on the instance, e.g. its ``groups``).
+
+    Example::
+
+        eidetic.register_layer(MyLinear, eidetic.LayerSpec(
+            out_tensors=(("weight", 0), ("bias", 0)), in_tensor="weight",
+            out_unit_dim=-1, in_unit_dim=-1))
+    """
+    if not (isinstance(layer_type, type) and issubclass(layer_type, nn.Module)):
+        raise TypeError(f"register_layer expects an nn.Module subclass, got {layer_type!r}")
+    _REGISTRY[layer_type] = spec if callable(spec) else (lambda _module, _spec=spec: _spec)
+
+
+def _linear(m: nn.Linear) -> LayerSpec:
+    outs = (("weight", 0),) + ((("bias", 0),) if m.bias is not None else ())
+    return LayerSpec(outs, in_tensor="weight", in_dim=1, out_unit_dim=-1, in_unit_dim=-1)
+
+
+def _conv(m: nn.modules.conv._ConvNd) -> LayerSpec:
+    outs = (("weight", 0),) + ((("bias", 0),) if m.bias is not None else ())
+    depthwise = m.groups == m.in_channels == m.out_channels
+    if depthwise:
+        return LayerSpec(outs, passthrough=True)
+    return LayerSpec(outs, in_tensor="weight", in_dim=1, groups=m.groups)
+
+
+def _batchnorm(m: nn.modules.batchnorm._BatchNorm) -> LayerSpec:
+    affine = (("weight", 0), ("bias", 0)) if m.affine else ()
+    stats = (("running_mean", 0), ("running_var", 0))
+    return LayerSpec(affine + stats, passthrough=True, score_tensors=())
+
+
+def _embedding(m: nn.Embedding) -> LayerSpec:
+    return LayerSpec((("weight", 1),), out_unit_dim=-1)
+
+
+for _t, _fn in [
+    (nn.Linear, _linear),
+    (nn.Conv1d, _conv),
+    (nn.Conv2d, _conv),
+    (nn.Conv3d, _conv),
+    (nn.BatchNorm1d, _batchnorm),
+    (nn.BatchNorm2d, _batchnorm),
+    (nn.BatchNorm3d, _batchnorm),
+    (nn.SyncBatchNorm, _batchnorm),
+    (nn.Embedding, _embedding),
+]:
+    register_layer(_t, _fn)
+
+
+_NORM_ACROSS_UNITS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.CrossMapLRN2d, nn.RMSNorm)
+_ATTENTION = (
+    nn.MultiheadAttention,
+    nn.Transformer,
+    nn.TransformerEncoder,
+    nn.TransformerDecoder,
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+)
+
+_REFUSED: list[tuple[tuple[type, ...], str]] = [
+    (
+        _NORM_ACROSS_UNITS,
+        "it normalises across units, so a unit trained for a later task would change the "
+        "output of a frozen unit. Use BatchNorm (per-unit statistics, frozen per unit) or no "
+        "normalisation.",
+    ),
+    (
+        _ATTENTION,
+        "attention mixes units, so no unit can be frozen on its own. Use convolutional or "
+        "Linear layers.",
+    ),
+    (
+        (nn.RNNBase, nn.RNNCellBase),
+        "recurrent layers are not supported by this version of eidetic yet.",
+    ),
+    (
+        (nn.modules.conv._ConvTransposeNd,),
+        "transposed convolutions are not supported. Use upsampling followed by a convolution.",
+    ),
+    (
+        (nn.EmbeddingBag, nn.Bilinear, nn.modules.instancenorm._InstanceNorm, nn.PReLU),
+        "this layer type is not supported. Register its unit layout with "
+        "eidetic.register_layer if its units are independent.",
+    ),
+]
+
+
+def spec_of(module: nn.Module) -> LayerSpec | None:
+    """The :class:`LayerSpec` of ``module``, or ``None`` if it holds no parameters of its own."""
+    for cls in type(module).__mro__:
+        if cls in _REGISTRY:
+            return _REGISTRY[cls](module)
+    return None
+
+
+def _owns_tensors(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False))
+
+
+def check_supported(name: str, module: nn.Module) -> LayerSpec | None:
+    """Return the spec of a layer, ``None`` for a container, or raise for a refused module."""
+    label = f"module '{name}' ({type(module).__name__})"
+    if type(module) not in _REGISTRY:  # an explicit registration overrides a refusal
+        for types, reason in _REFUSED:
+            if isinstance(module, types):
+                raise UnsupportedLayerError(f"{label} cannot be used in a ContinualNetwork: {reason}")
+    spec = spec_of(module)
+    if spec is None:
+        if _owns_tensors(module):
+            raise UnsupportedLayerError(
+                f"{label} holds parameters but eidetic does not know which of their slices "
+                "belong to which unit. Register the type with eidetic.register_layer(...), or "
+                "build it from supported layers (Linear, Conv, BatchNorm)."
+            )
+        return None
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.track_running_stats:
+        raise UnsupportedLayerError(
+            f"{label} has track_running_stats=False: a frozen channel must normalise with "
+            "frozen statistics. Create it with track_running_stats=True."
+        )
+    owned = {n for n, _ in module.named_parameters(recurse=False)}
+    missing = owned - spec.tensor_names()
+    if missing:
+        raise UnsupportedLayerError(
+            f"{label} has parameters {sorted(missing)} that its LayerSpec does not place; "
+            "list them in out_tensors or in_tensor."
+        )
+    return spec
+
+
+def input_positions(module: nn.Module, spec: LayerSpec) -> torch.Tensor:
+    """Input-unit position read by each ``(output row, column)`` of ``spec.in_tensor``.
+
+    Returns a long tensor that broadcasts to ``(rows, columns)``: ``(1, columns)`` holding
+    ``0..in-1`` for an ungrouped layer, where every row reads every column; ``(rows, columns)``
+    for a grouped convolution, whose row ``r`` reads positions
+    ``(r // rows_per_group) * columns + j``.
+    """
+    weight = getattr(module, spec.in_tensor)
+    cols = weight.shape[spec.in_dim]
+    if spec.groups == 1:
+        return torch.arange(cols)[None, :]
+    rows = weight.shape[spec.out_dim_of(spec.in_tensor)]
+    group = torch.arange(rows) // (rows // spec.groups)
+    return group[:, None] * cols + torch.arange(cols)[None, :]
+
+
+def broadcast_rows_cols(mask2d: torch.Tensor, weight: torch.Tensor, spec: LayerSpec) -> torch.Tensor:
+    """View a ``(rows, columns)`` mask so that it broadcasts against ``spec.in_tensor``."""
+    row_dim = spec.out_dim_of(spec.in_tensor)
+    shape = [1] * weight.dim()
+    shape[row_dim], shape[spec.in_dim] = mask2d.shape
+    mask = mask2d if row_dim < spec.in_dim else mask2d.t()
+    return mask.contiguous().view(shape)

@@ -1,0 +1,215 @@
+"""Measure the unit table by perturbing units and watching which inputs move.
+
+For every layer ``P`` and every output unit ``c`` of ``P``, the probe adds a large offset to
+unit ``c`` of ``P``'s output (once with each sign) while every *other* producing layer has its
+output held at the unperturbed value. The input positions that change are then exactly the
+positions that read unit ``c`` directly: columns of consumer layers, channels of pass-through
+layers (BatchNorm, depthwise convolutions) and features of the body's output. Units of
+different layers that reach the same position are combined by the network (a residual sum,
+a gate) and must share one fate; a union-find over these contacts gives the units.
+
+Each unit is probed in its own copy of the example input, so one forward pass covers a whole
+chunk of units, and every comparison is made against an unperturbed pass of the same batch
+size (kernels may round differently for different batch sizes).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..errors import GraphError, UnsupportedLayerError
+from .layers import LayerSpec
+from .table import FEATURES, UnitGraph
+
+Layers = dict[str, tuple[nn.Module, LayerSpec]]
+Node = tuple[str, str, int]  # (role, module, position)
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.ids: dict[Node, int] = {}
+        self.parent: list[int] = []
+
+    def add(self, node: Node) -> int:
+        if node not in self.ids:
+            self.ids[node] = len(self.parent)
+            self.parent.append(len(self.parent))
+        return self.ids[node]
+
+    def find(self, i: int) -> int:
+        root = i
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[i] != root:
+            self.parent[i], i = root, self.parent[i]
+        return root
+
+    def union(self, a: Node, b: Node) -> None:
+        ra, rb = self.find(self.add(a)), self.find(self.add(b))
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def components(self) -> dict[int, list[Node]]:
+        comps: dict[int, list[Node]] = defaultdict(list)
+        for node, i in self.ids.items():
+            comps[self.find(i)].append(node)
+        return comps
+
+
+def _first_tensor(value):
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    raise GraphError(f"expected a tensor, got {type(value).__name__}")
+
+
+def _changed(now: torch.Tensor, base: torch.Tensor, unit_dim: int, copies: int) -> torch.Tensor:
+    """``(copies, positions)``: which unit positions differ from the baseline in each copy."""
+    diff = (now != base).movedim(unit_dim, -1)
+    return diff.reshape(copies, -1, diff.shape[-1]).any(dim=1)
+
+
+class _Recorder:
+    """Forward hooks that record, clamp or perturb layer activations for one pass."""
+
+    def __init__(self, layers: Layers) -> None:
+        self.layers = layers
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.calls: dict[str, int] = defaultdict(int)
+        self.clamp: dict[str, torch.Tensor] | None = None
+        self.perturb: tuple[str, torch.Tensor] | None = None
+
+    def hook(self, name: str):
+        spec = self.layers[name][1]
+
+        def fn(module, args, output):
+            self.calls[name] += 1
+            if args and isinstance(args[0], torch.Tensor):
+                self.inputs[name] = args[0]
+            out = _first_tensor(output)
+            if self.perturb is not None and self.perturb[0] == name:
+                out = out + self.perturb[1]
+            elif self.clamp is not None and not spec.passthrough and name in self.clamp:
+                out = self.clamp[name]
+            self.outputs[name] = out
+            if out is output or isinstance(output, torch.Tensor):
+                return out
+            return (out, *output[1:])
+
+        return fn
+
+
+def _offset(base: torch.Tensor, unit_dim: int, units: list[int], copies_per_sample: int) -> torch.Tensor:
+    """A tensor like ``base`` adding ``+/-D`` to unit ``units[q // 2]`` in copy ``q``."""
+    moved = base.movedim(unit_dim, -1)
+    k, size = len(units), moved.shape[-1]
+    scale = 10.0 * (1.0 + float(base.detach().abs().amax())) if base.numel() else 10.0
+    sign = torch.tensor([1.0, -1.0], dtype=base.dtype, device=base.device).repeat(k)
+    onehot = torch.zeros(2 * k, size, dtype=base.dtype, device=base.device)
+    onehot[torch.arange(2 * k), torch.tensor(units).repeat_interleave(2)] = 1.0
+    delta = (onehot * sign[:, None] * scale).view(2 * k, *([1] * (moved.dim() - 1)), size)
+    delta = delta.expand(2 * k, copies_per_sample, *moved.shape[1:-1], size)
+    return delta.reshape(moved.shape).movedim(-1, unit_dim)
+
+
+def measure(forward: Callable[[torch.Tensor], torch.Tensor], layers: Layers, example: torch.Tensor,
+            *, chunk: int = 64) -> UnitGraph:
+    """Measure the unit table of ``forward`` by perturbation (see the module docstring).
+
+    Args:
+        forward: the body's forward function, returning features.
+        layers: ``{name: (module, spec)}`` for every layer of the body, in module order.
+        example: a batch of example inputs (one or two samples are enough).
+        chunk: how many units to probe per forward pass.
+    """
+    rec = _Recorder(layers)
+    handles = [module.register_forward_hook(rec.hook(name)) for name, (module, _) in layers.items()]
+    try:
+        with torch.no_grad():
+            features = forward(example)
+            if not isinstance(features, torch.Tensor):
+                raise GraphError("forward() must return one tensor of features; "
+                                 f"it returned {type(features).__name__}")
+            reused = [n for n, c in rec.calls.items() if c > 1]
+            if reused:
+                raise UnsupportedLayerError(
+                    f"module '{reused[0]}' is called {rec.calls[reused[0]]} times in one forward "
+                    "pass; eidetic needs each layer applied once (weight sharing would let a "
+                    "later task change an earlier task's units). Use separate layers."
+                )
+            used = {n: layers[n] for n in layers if n in rec.calls}
+            feature_dim = features.flatten(1).shape[1]
+            uf = _UnionFind()
+            baselines: dict[int, tuple[dict, dict, torch.Tensor]] = {}
+            samples = example.shape[0]
+
+            def baseline(copies: int):
+                if copies not in baselines:
+                    rec.clamp, rec.perturb = None, None
+                    rec.inputs, rec.outputs = {}, {}
+                    feats = forward(example.repeat(copies, *([1] * (example.dim() - 1))))
+                    baselines.clear()
+                    baselines[copies] = (rec.inputs, rec.outputs, feats.flatten(1))
+                return baselines[copies]
+
+            sizes = {n: rec.outputs[n].shape[s.out_unit_dim] for n, (_, s) in used.items()}
+            for name, size in sizes.items():
+                for start in range(0, size, chunk):
+                    units = list(range(start, min(start + chunk, size)))
+                    _probe(forward, rec, used, name, units, samples, example, baseline, uf)
+                for pos in range(size):
+                    uf.add(("out", name, pos))
+    finally:
+        for h in handles:
+            h.remove()
+    return _assemble(uf, used, feature_dim)
+
+
+def _probe(forward, rec: _Recorder, layers: Layers, name: str, units: list[int], samples: int,
+           example: torch.Tensor, baseline, uf: _UnionFind) -> None:
+    copies = 2 * len(units)
+    base_in, base_out, base_feats = baseline(copies)
+    spec = layers[name][1]
+    rec.clamp = base_out
+    rec.perturb = (name, _offset(base_out[name], spec.out_unit_dim, units, samples))
+    rec.inputs, rec.outputs = {}, {}
+    feats = forward(example.repeat(copies, *([1] * (example.dim() - 1)))).flatten(1)
+    rec.clamp, rec.perturb = None, None
+    reached: list[tuple[str, str, torch.Tensor]] = []
+    for other, (_, other_spec) in layers.items():
+        if other == name or other not in rec.inputs or other not in base_in:
+            continue
+        moved = _changed(rec.inputs[other], base_in[other], other_spec.in_unit_dim, copies)
+        role = "out" if other_spec.passthrough else "in"
+        reached.append((role, other, moved))
+    reached.append(("in", FEATURES, _changed(feats, base_feats, -1, copies)))
+    for role, other, moved in reached:
+        hits = moved.view(len(units), 2, -1).any(dim=1)
+        for i, pos in hits.nonzero().tolist():
+            uf.union(("out", name, units[i]), (role, other, pos))
+
+
+def _assemble(uf: _UnionFind, layers: Layers, feature_dim: int) -> UnitGraph:
+    units = []
+    for nodes in uf.components().values():
+        seen: dict[str, int] = {}
+        for role, module, pos in nodes:
+            if role != "out":
+                continue
+            if module in seen:
+                readers = sorted({n[1] for n in nodes if n[0] == "in"})
+                raise UnsupportedLayerError(
+                    f"units {min(seen[module], pos)} and {max(seen[module], pos)} of module "
+                    f"'{module}' are mixed together before they reach {readers} (for example by a "
+                    "softmax, a normalisation or attention across units), so they cannot be "
+                    "frozen one by one. Mix units only inside supported layers."
+                )
+            seen[module] = pos
+        units.append(set(nodes))
+    return UnitGraph.from_units(units, {n: s for n, (_, s) in layers.items()}, feature_dim)

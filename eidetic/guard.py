@@ -1,0 +1,147 @@
+"""Enforcing the guarantee during training, whatever the optimizer does.
+
+Zeroing the gradients of frozen weights is not enough: momentum, Adam state carried over from
+an earlier task and weight decay (L2 or decoupled) all move a weight whose gradient is zero.
+The :class:`Guard` therefore keeps a copy of every frozen slice, taken when its unit was frozen,
+and writes it back after every optimizer step (persistence). Pruned units of the task in
+training are written to zero after every step, together with every weight entry that reads
+them, so that a pruned unit contributes exactly nothing. Gradients of frozen and pruned entries
+are zeroed before the step as well, so that gradient clipping and optimizer statistics see only
+the weights being trained.
+
+The copies cost memory proportional to the frozen slices, and the per-step work is one indexed
+copy per frozen tensor: no per-step synchronisation with the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .graph import UnitGraph
+from .ownership import Ownership
+from .slices import head_columns, in_mask, out_positions, weight_entries
+
+Layers = dict[str, tuple[nn.Module, "object"]]
+
+
+@dataclass
+class FrozenSlice:
+    """The frozen positions of one tensor along its unit dimension, and their values."""
+
+    module: str
+    name: str
+    tensor: torch.Tensor
+    dim: int
+    index: torch.Tensor
+    values: torch.Tensor
+
+    def restore(self) -> None:
+        # ``.data``: restoring a BatchNorm statistic right after a training forward must not bump
+        # the version that autograd saved (the backward pass does not read these values).
+        self.tensor.data.index_copy_(self.dim, self.index, self.values)
+
+
+@dataclass
+class _Rows:
+    param: nn.Parameter
+    dim: int
+    index: torch.Tensor
+
+
+@dataclass
+class _Entries:
+    param: nn.Parameter
+    mask: torch.Tensor
+
+
+class Guard:
+    """Frozen copies and pruning masks of one network, compiled from its ownership.
+
+    Args:
+        layers: ``{name: (module, spec)}`` of the body.
+        graph: the unit table.
+        ownership: owners and pruning marks.
+        frozen_heads: heads of finished tasks (frozen whole).
+        head: the head of the task in training, or ``None``.
+    """
+
+    def __init__(self, layers: Layers, graph: UnitGraph, ownership: Ownership,
+                 frozen_heads: list[nn.Module], head: nn.Module | None = None) -> None:
+        self.layers, self.graph, self.ownership, self.head = layers, graph, ownership, head
+        self.frozen = self._capture(frozen_heads)
+        self._by_tensor = {(f.module, f.name): f for f in self.frozen}
+        self.pruned_rows: list[_Rows] = []
+        self.pruned_entries: list[_Entries] = []
+        self.update_pruned()
+
+    def _capture(self, frozen_heads: list[nn.Module]) -> list[FrozenSlice]:
+        frozen = self.ownership.masks("frozen")
+        slices = []
+        for name, (module, spec) in self.layers.items():
+            index = out_positions(self.graph, name, frozen)
+            if index.numel() == 0:
+                continue
+            for tensor_name, dim in spec.out_tensors:
+                tensor = getattr(module, tensor_name)
+                idx = index.to(tensor.device)
+                slices.append(FrozenSlice(name, tensor_name, tensor, dim, idx,
+                                          tensor.detach().index_select(dim, idx).clone()))
+        for k, head in enumerate(frozen_heads):
+            for tensor_name, tensor in head.named_parameters():
+                idx = torch.arange(tensor.shape[0], device=tensor.device)
+                slices.append(FrozenSlice(f"heads.{k}", tensor_name, tensor, 0, idx, tensor.detach().clone()))
+        return slices
+
+    def frozen_slice(self, module: str, name: str) -> FrozenSlice | None:
+        """The frozen slice of ``module.name``, or ``None`` if nothing of it is frozen."""
+        return self._by_tensor.get((module, name))
+
+    def update_pruned(self) -> None:
+        """Recompile the pruning masks after the ownership's ``pruned`` marks changed."""
+        pruned = self.ownership.masks("pruned")
+        self.pruned_rows, self.pruned_entries = [], []
+        if not any(m.any() for m in pruned.values()):
+            return
+        for name, (module, spec) in self.layers.items():
+            index = out_positions(self.graph, name, pruned)
+            if index.numel():
+                for tensor_name, dim in spec.out_tensors:
+                    tensor = getattr(module, tensor_name)
+                    if isinstance(tensor, nn.Parameter):
+                        self.pruned_rows.append(_Rows(tensor, dim, index.to(tensor.device)))
+            if spec.in_tensor is not None:
+                size = getattr(module, spec.in_tensor).shape[spec.in_dim] * spec.groups
+                columns = in_mask(self.graph, name, pruned, size)
+                if columns.any():
+                    self.pruned_entries.append(
+                        _Entries(getattr(module, spec.in_tensor), weight_entries(module, spec, None, columns)))
+        if self.head is not None:
+            columns = head_columns(self.graph, pruned)
+            if columns.any():
+                self.pruned_entries.append(_Entries(self.head.weight, columns[None, :].to(self.head.weight.device)))
+
+    @torch.no_grad()
+    def zero_grads(self) -> None:
+        """Zero the gradients of frozen and pruned entries (call after ``backward``)."""
+        for f in self.frozen:
+            if isinstance(f.tensor, nn.Parameter) and f.tensor.grad is not None:
+                f.tensor.grad.index_fill_(f.dim, f.index, 0)
+        for r in self.pruned_rows:
+            if r.param.grad is not None:
+                r.param.grad.index_fill_(r.dim, r.index, 0)
+        for e in self.pruned_entries:
+            if e.param.grad is not None:
+                e.param.grad.masked_fill_(e.mask, 0)
+
+    @torch.no_grad()
+    def enforce(self) -> None:
+        """Write back frozen slices and zero pruned ones (call after ``optimizer.step()``)."""
+        for f in self.frozen:
+            f.restore()
+        for r in self.pruned_rows:
+            r.param.index_fill_(r.dim, r.index, 0)
+        for e in self.pruned_entries:
+            e.param.masked_fill_(e.mask, 0)

@@ -1,0 +1,571 @@
+"""``ContinualNetwork``: the base class users subclass.
+
+A subclass writes an ordinary ``__init__`` and a ``forward`` that returns features; the base
+class owns the task heads, discovers the unit graph on first use, and drives the phases of each
+task: train, prune, freeze, recycle. Outputs of every finished task stay bitwise identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from . import phases
+from .data import as_loader, first_inputs
+from .errors import CheckpointError, GraphError, TaskError
+from .graph import FEATURES, UnitGraph, collect_layers, discover, validate
+from .guard import Guard
+from .heads import TaskHeads
+from .norm import FrozenNorms
+from .ownership import FREE, Ownership
+from .pruning import Pruning, prune_until
+from .report import Capacity, LayerCapacity, PruneStep, TaskReport
+from .slices import input_positions, out_mask
+from .snapshot import Snapshot
+from .training import Callback, Loss, Metric, TaskSession, accuracy
+
+log = logging.getLogger("eidetic")
+
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+Data = DataLoader | Dataset
+_FORMAT = 1
+
+
+class _State:
+    """The continual state of a network (kept out of ``nn.Module``'s attribute machinery)."""
+
+    def __init__(self) -> None:
+        self.graph: UnitGraph | None = None
+        self.layers: dict[str, tuple[nn.Module, object]] = {}
+        self.ownership: Ownership | None = None
+        self.input_shape: tuple[int, ...] = ()
+        self.input_dtype: torch.dtype = torch.float32
+        self.frozen_tasks = 0
+        self.norms: FrozenNorms | None = None
+
+
+class ContinualNetwork(nn.Module):
+    """A network that learns tasks one after another without forgetting any of them.
+
+    Subclass it like ``nn.Module``; ``forward`` returns features (any shape, flattened per
+    sample), and ``train_task`` adds a head per task on top of them.
+
+    Example::
+
+        class Net(eidetic.ContinualNetwork):
+            def __init__(self):
+                super().__init__()
+                self.fc1 = nn.Linear(784, 256)
+                self.bn1 = nn.BatchNorm1d(256)
+                self.fc2 = nn.Linear(256, 256)
+
+            def forward(self, x):
+                return F.relu(self.fc2(F.relu(self.bn1(self.fc1(x.flatten(1))))))
+
+        net = Net()
+        for task, (train_loader, val_loader) in enumerate(tasks):
+            net.train_task(task, train_loader, num_classes=10,
+                           optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
+                           epochs=5, val_data=val_loader)
+        logits = net.logits(x, task=0)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads = TaskHeads()
+        self._eidetic = _State()
+        self.register_load_state_dict_post_hook(_after_load)
+
+    # ------------------------------------------------------------------ set-up
+
+    @property
+    def graph(self) -> UnitGraph | None:
+        """The unit table, or ``None`` before the first task (see :meth:`setup`)."""
+        return self._eidetic.graph
+
+    @property
+    def num_tasks(self) -> int:
+        """Number of tasks with a head (finished, plus the open one if any)."""
+        return len(self.heads)
+
+    @property
+    def open_task(self) -> int | None:
+        """The task trained with ``finish=False`` and not frozen yet, or ``None``."""
+        return len(self.heads) - 1 if len(self.heads) > self._eidetic.frozen_tasks else None
+
+    def setup(self, example: torch.Tensor) -> UnitGraph:
+        """Discover the unit graph from an example input batch (done by the first ``train_task``).
+
+        Refused layers (LayerNorm, attention, unknown modules with parameters) raise
+        :class:`~eidetic.errors.UnsupportedLayerError` here.
+
+        Example::
+
+            graph = net.setup(torch.randn(2, 1, 28, 28))
+            print(graph.describe())
+        """
+        state = self._eidetic
+        if not isinstance(self.heads, TaskHeads):
+            raise GraphError("the attribute 'heads' is reserved by ContinualNetwork for the task "
+                             "heads; rename your module")
+        if state.graph is not None:
+            raise GraphError("the network is already set up; its graph is fixed")
+        example = example.detach()[:2].to(self._device())
+        graph = discover(self, self.forward, example, exclude=[self.heads])
+        state.graph = graph
+        state.layers = {n: lm for n, lm in collect_layers(self, [self.heads]).items() if n in graph.layers}
+        state.ownership = Ownership(graph)
+        state.input_shape = tuple(example.shape[1:])
+        state.input_dtype = example.dtype
+        state.norms = FrozenNorms(state.layers)
+        return graph
+
+    def validate_graph(self, example: torch.Tensor | None = None) -> None:
+        """Re-measure the couplings by perturbation and raise :class:`GraphError` if the unit
+        table disagrees (it lists every difference)."""
+        graph = self._require_graph()
+        example = self._example() if example is None else example.detach()[:2].to(self._device())
+        problems = validate(self, self.forward, example, graph, exclude=[self.heads])
+        if problems:
+            raise GraphError("the unit table disagrees with the network:\n" + "\n".join(problems))
+
+    # ------------------------------------------------------------------ inference
+
+    def logits(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        """Task ``task``'s output: its head on top of one pass of the body.
+
+        Example::
+
+            net.eval()
+            with torch.no_grad():
+                scores = net.logits(x, task=0)
+        """
+        if not isinstance(task, int) or not 0 <= task < len(self.heads):
+            raise TaskError(f"task {task!r} has no head; trained tasks are 0..{len(self.heads) - 1}")
+        return self.heads[task](self(x).flatten(1))
+
+    # ------------------------------------------------------------------ training
+
+    def train_task(
+        self,
+        task: int,
+        train_data: Data,
+        *,
+        num_classes: int,
+        optimizer: OptimizerFactory | torch.optim.Optimizer,
+        epochs: int,
+        val_data: Data | None = None,
+        batch_size: int | None = None,
+        pruning: Pruning | None = Pruning(),
+        loss_fn: Loss | None = None,
+        metric: Metric | None = None,
+        scheduler: Callable[[torch.optim.Optimizer], object] | None = None,
+        patience: int | None = None,
+        clip_grad_norm: float | None = None,
+        finish: bool = True,
+        callbacks: Sequence[Callback] = (),
+        progress: bool = True,
+    ) -> TaskReport:
+        """Train a new task, prune it, freeze the units it kept and recycle the rest.
+
+        If anything fails (an exception, a NaN loss, Ctrl-C) the network is put back as it was
+        before the call.
+
+        Args:
+            task: the task id: tasks are numbered 0, 1, 2, ... in training order.
+            train_data: a DataLoader of ``(inputs, targets)``, or a Dataset with ``batch_size``.
+            num_classes: number of outputs of the task's head.
+            optimizer: a factory ``params -> Optimizer`` (called with the body's parameters and
+                the new head's), or one optimizer instance to carry across tasks. Parameters the
+                optimizer lacks (a new head) are added to it as a new parameter group.
+            epochs: training epochs before pruning.
+            val_data: optional validation data (reported; used by early stopping and by
+                ``Pruning(monitor="val")``).
+            batch_size: batch size for Dataset arguments.
+            pruning: a :class:`Pruning` configuration, or ``None`` to keep every unit.
+            loss_fn: ``(logits, targets) -> loss``; cross-entropy by default.
+            metric: ``(logits, targets) -> score in [0, 1]``; accuracy by default.
+            scheduler: optional factory ``optimizer -> LR scheduler``, stepped per epoch.
+            patience: stop training after this many epochs without progress (``None``: never).
+            clip_grad_norm: clip the gradient norm of the trained weights to this value.
+            finish: freeze and recycle at the end (``False`` leaves the task open, so that
+                :meth:`prune_until`, :meth:`freeze` and :meth:`recycle` can be called by hand).
+            callbacks: :class:`Callback` objects.
+            progress: show progress bars (on a terminal).
+
+        Returns:
+            a :class:`TaskReport`.
+
+        Example::
+
+            report = net.train_task(0, train_loader, num_classes=10,
+                                    optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+                                    epochs=3, pruning=eidetic.Pruning(method="l1", step=0.2))
+            print(report)
+        """
+        self._check_new_task(task)
+        _check_int("num_classes", num_classes, 1)
+        _check_int("epochs", epochs, 0)
+        if patience is not None:
+            _check_int("patience", patience, 1)
+        if pruning is not None and not isinstance(pruning, Pruning):
+            raise TaskError(f"pruning must be an eidetic.Pruning or None, got {type(pruning).__name__}")
+        train_loader = as_loader(train_data, batch_size, shuffle=True, name="train_data")
+        val_loader = None if val_data is None else as_loader(val_data, batch_size, shuffle=False, name="val_data")
+        if pruning is not None and pruning.monitor == "val" and val_loader is None:
+            raise TaskError("Pruning(monitor='val') needs val_data")
+        example = first_inputs(train_loader, "train_data")
+        report = TaskReport(task=task, num_classes=num_classes)
+        start = time.perf_counter()
+        with self._transaction(example, optimizer) as tx:
+            head = self.heads.add(self._eidetic.graph.feature_dim, num_classes, like=self._reference_tensor())
+            session = self._session(task, head, train_loader, val_loader, tx.optimizer(self._trainable(head)),
+                                    loss_fn, metric, clip_grad_norm, callbacks, progress)
+            sched = scheduler(session.optimizer) if scheduler is not None else None
+            report.epochs = session.fit(epochs, patience, sched)
+            report.seconds["train"] = time.perf_counter() - start
+            if pruning is not None:
+                report.reference_metric, report.prune_steps = prune_until(
+                    session, self._eidetic.layers, self._eidetic.graph, self._eidetic.ownership, pruning)
+            report.seconds["prune"] = time.perf_counter() - start - report.seconds["train"]
+            monitor = pruning.monitor if pruning is not None else "train"
+            report.final_metric = session.monitored(monitor)
+            if val_loader is not None:
+                report.val_accuracy = session.evaluate(val_loader, "val_data")
+            if finish:
+                report.units = self.freeze(task)
+                self.recycle()
+            report.free_units = self._eidetic.ownership.free_counts()
+        report.seconds["total"] = time.perf_counter() - start
+        report.seconds["finish"] = report.seconds["total"] - report.seconds["train"] - report.seconds["prune"]
+        log.info("%s", report)
+        return report
+
+    def prune_until(
+        self,
+        task: int,
+        train_data: Data,
+        *,
+        optimizer: OptimizerFactory | torch.optim.Optimizer,
+        pruning: Pruning = Pruning(),
+        val_data: Data | None = None,
+        batch_size: int | None = None,
+        loss_fn: Loss | None = None,
+        metric: Metric | None = None,
+        clip_grad_norm: float | None = None,
+        callbacks: Sequence[Callback] = (),
+        progress: bool = True,
+    ) -> list[PruneStep]:
+        """Prune the open task ``task`` (see ``train_task(..., finish=False)``) until its metric
+        would drop by more than the tolerance. Transactional like ``train_task``.
+
+        Example::
+
+            net.train_task(0, loader, num_classes=10, optimizer=make_opt, epochs=5,
+                           pruning=None, finish=False)
+            steps = net.prune_until(0, loader, optimizer=make_opt,
+                                    pruning=eidetic.Pruning(method="taylor"))
+            net.freeze(0)
+            net.recycle()
+        """
+        if task != self.open_task:
+            raise TaskError(f"task {task} is not open; prune_until works on the task left open by "
+                            "train_task(..., finish=False)")
+        if not isinstance(pruning, Pruning):
+            raise TaskError(f"pruning must be an eidetic.Pruning, got {type(pruning).__name__}")
+        train_loader = as_loader(train_data, batch_size, shuffle=True, name="train_data")
+        val_loader = None if val_data is None else as_loader(val_data, batch_size, shuffle=False, name="val_data")
+        example = first_inputs(train_loader, "train_data")
+        head = self.heads[task]
+        with self._transaction(example, optimizer) as tx:
+            session = self._session(task, head, train_loader, val_loader, tx.optimizer(self._trainable(head)),
+                                    loss_fn, metric, clip_grad_norm, callbacks, progress)
+            _, steps = prune_until(session, self._eidetic.layers, self._eidetic.graph,
+                                   self._eidetic.ownership, pruning)
+        return steps
+
+    def freeze(self, task: int) -> dict[str, int]:
+        """Freeze the open task: its alive units and its head become constant forever, and their
+        weights reading free units are cut to zero. Returns units frozen per group.
+
+        Example::
+
+            frozen = net.freeze(0)   # {"fc1": 37, "fc2": 52}
+        """
+        if task != self.open_task:
+            raise TaskError(f"task {task} is not open; freeze() applies to the task left open by "
+                            "train_task(..., finish=False)")
+        state = self._eidetic
+        counts = phases.freeze(state.layers, state.graph, state.ownership, task, self.heads[task])
+        self.heads.freeze(task)
+        state.frozen_tasks += 1
+        self._make_guard()
+        return counts
+
+    def recycle(self) -> int:
+        """Re-initialise every free unit (pruned or unused) for the next task; returns how many.
+
+        Example::
+
+            net.freeze(0)
+            net.recycle()
+        """
+        if self.open_task is not None:
+            raise TaskError(f"task {self.open_task} is still open: freeze({self.open_task}) it first")
+        self._require_graph()
+        state = self._eidetic
+        return phases.recycle(state.layers, state.graph, state.ownership)
+
+    # ------------------------------------------------------------------ diagnostics
+
+    def capacity(self) -> Capacity:
+        """Per layer: units in total, free, owned by each task, and reused by each task (units
+        of earlier tasks that a task's own units or head read through non-zero weights).
+
+        Example::
+
+            print(net.capacity())
+        """
+        state = self._eidetic
+        graph = self._require_graph()
+        layers = []
+        tasks = range(state.frozen_tasks)
+        for group in graph:
+            owner = state.ownership.owner[group.key]
+            reused = {}
+            for t in tasks:
+                read = self._units_read_by(group, t)
+                count = int((read & (owner != FREE) & (owner < t)).sum())
+                if count:
+                    reused[t] = count
+            layers.append(LayerCapacity(group.key, group.modules, group.size,
+                                        int((owner == FREE).sum()), state.ownership.counts(group.key), reused))
+        return Capacity(layers)
+
+    def _units_read_by(self, group, task: int) -> torch.Tensor:
+        state = self._eidetic
+        owned = {k: v == task for k, v in state.ownership.owner.items()}
+        read = torch.zeros(group.size, dtype=torch.bool)
+        for slot in group.ins:
+            if slot.module == FEATURES:
+                if task < len(self.heads):
+                    nonzero = (self.heads[task].weight != 0).any(dim=0).cpu()
+                    read[slot.units[nonzero[slot.index]]] = True
+                continue
+            module, spec = state.layers[slot.module]
+            weight = getattr(module, spec.in_tensor)
+            row_dim = spec.out_dim_of(spec.in_tensor)
+            rows = out_mask(state.graph, slot.module, owned, weight.shape[row_dim]).to(weight.device)
+            nonzero = (weight != 0).movedim((row_dim, spec.in_dim), (0, 1))
+            nonzero = nonzero.reshape(*nonzero.shape[:2], -1).any(dim=2)
+            nonzero = (nonzero & rows[:, None]).cpu()
+            positions = input_positions(module, spec).expand_as(nonzero)
+            size = weight.shape[spec.in_dim] * spec.groups
+            by_position = torch.zeros(size, dtype=torch.bool)
+            by_position[positions[nonzero]] = True
+            read[slot.units[by_position[slot.index]]] = True
+        return read
+
+    # ------------------------------------------------------------------ persistence
+
+    def get_extra_state(self) -> dict:
+        state = self._eidetic
+        if state.graph is None:
+            return {"format": _FORMAT}
+        return {
+            "format": _FORMAT,
+            "input_shape": list(state.input_shape),
+            "input_dtype": str(state.input_dtype).removeprefix("torch."),
+            "num_classes": [h.out_features for h in self.heads],
+            "frozen_tasks": state.frozen_tasks,
+            "groups": {g.key: g.size for g in state.graph},
+            "owners": {k: v.clone() for k, v in state.ownership.owner.items()},
+            "pruned": {k: v.clone() for k, v in state.ownership.pruned.items()},
+        }
+
+    def set_extra_state(self, extra: dict) -> None:
+        if not isinstance(extra, dict) or extra.get("format") != _FORMAT:
+            raise CheckpointError(f"unknown eidetic checkpoint format {extra!r:.80}")
+        state = self._eidetic
+        if "input_shape" not in extra:
+            if state.graph is not None:
+                raise CheckpointError("this checkpoint was saved before any task was trained; load it "
+                                      "into a fresh network")
+            return
+        shape = tuple(extra["input_shape"])
+        dtype = getattr(torch, extra["input_dtype"])
+        if state.graph is None:
+            self.setup(_synthetic_example(shape, dtype, self._device()))
+        elif shape != state.input_shape:
+            raise CheckpointError(f"the checkpoint was trained on inputs of shape {shape}, this network "
+                                  f"on {state.input_shape}")
+        sizes = {g.key: g.size for g in state.graph}
+        if sizes != extra["groups"]:
+            raise CheckpointError(f"the checkpoint's unit groups {extra['groups']} do not match this "
+                                  f"network's {sizes}: it was saved from a different architecture")
+        while len(self.heads):
+            self.heads.drop_last()
+        for num_classes in extra["num_classes"]:
+            self.heads.add(state.graph.feature_dim, num_classes, like=self._reference_tensor())
+        state.frozen_tasks = extra["frozen_tasks"]
+        for t in range(state.frozen_tasks):
+            self.heads.freeze(t)
+        for key in sizes:
+            state.ownership.owner[key].copy_(extra["owners"][key])
+            state.ownership.pruned[key].copy_(extra["pruned"][key])
+
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        if self._eidetic.graph is not None:
+            self._make_guard()  # frozen copies follow the tensors to their new device or dtype
+        return result
+
+    # ------------------------------------------------------------------ internals
+
+    def _require_graph(self) -> UnitGraph:
+        if self._eidetic.graph is None:
+            raise GraphError("the network has no unit graph yet: train a task or call setup(example)")
+        return self._eidetic.graph
+
+    def _reference_tensor(self) -> torch.Tensor:
+        for p in self.parameters():
+            return p
+        raise GraphError(f"{type(self).__name__} has no parameters to train")
+
+    def _device(self) -> torch.device:
+        return self._reference_tensor().device
+
+    def _example(self) -> torch.Tensor:
+        state = self._eidetic
+        return _synthetic_example(state.input_shape, state.input_dtype, self._device())
+
+    def _check_new_task(self, task) -> None:
+        if not isinstance(task, int) or isinstance(task, bool):
+            raise TaskError(f"task must be an int, got {task!r}")
+        if self.open_task is not None:
+            raise TaskError(f"task {self.open_task} is still open: call freeze({self.open_task}) and "
+                            "recycle() before training another task")
+        if task < len(self.heads):
+            raise TaskError(f"task {task} was already trained and is frozen; train a new task with "
+                            f"id {len(self.heads)}")
+        if task != len(self.heads):
+            raise TaskError(f"tasks are trained in order 0, 1, 2, ...: the next task is "
+                            f"{len(self.heads)}, not {task}")
+
+    def _trainable(self, head: nn.Module) -> list[nn.Parameter]:
+        frozen_heads = {id(p) for h in self.heads if h is not head for p in h.parameters()}
+        return [p for p in self.parameters() if id(p) not in frozen_heads]
+
+    def _make_guard(self, head: nn.Module | None = None) -> Guard:
+        state = self._eidetic
+        frozen_heads = list(self.heads)[: state.frozen_tasks]
+        guard = Guard(state.layers, state.graph, state.ownership, frozen_heads, head)
+        state.norms.attach(guard)
+        return guard
+
+    def _session(self, task, head, train_loader, val_loader, optimizer, loss_fn, metric, clip_grad_norm,
+                 callbacks, progress) -> TaskSession:
+        return TaskSession(
+            body=self, head=head, task=task, num_classes=head.out_features, guard=self._make_guard(head),
+            train_loader=train_loader, val_loader=val_loader, optimizer=optimizer,
+            loss_fn=loss_fn or F.cross_entropy, metric=metric or accuracy, check_labels=loss_fn is None,
+            input_shape=self._eidetic.input_shape, clip_grad_norm=clip_grad_norm, callbacks=callbacks,
+            progress=progress,
+        )
+
+    @contextlib.contextmanager
+    def _transaction(self, example: torch.Tensor, optimizer):
+        """Set up on first use, and put everything back if the body of the block fails."""
+        state = self._eidetic
+        created = state.graph is None
+        if created:
+            self.setup(example)
+        try:
+            if tuple(example.shape[1:]) != state.input_shape:
+                raise TaskError(f"inputs of shape {tuple(example.shape[1:])} (per sample) do not fit the "
+                                f"network, which was set up with inputs of shape {state.input_shape}")
+            snapshot = Snapshot(self, self._make_guard(), state.ownership)
+        except BaseException:
+            if created:
+                self._forget_graph()
+            raise
+        heads, frozen = len(self.heads), state.frozen_tasks
+        tx = _OptimizerTransaction(optimizer)
+        try:
+            yield tx
+        except BaseException:
+            while len(self.heads) > heads:
+                self.heads.drop_last()
+            state.frozen_tasks = frozen
+            snapshot.restore()
+            tx.rollback()
+            if created:
+                self._forget_graph()
+            else:
+                self._make_guard()
+            raise
+
+    def _forget_graph(self) -> None:
+        state = self._eidetic
+        if state.norms is not None:
+            state.norms.remove()
+        self._eidetic = _State()
+
+
+class _OptimizerTransaction:
+    """Builds the task's optimizer and undoes what eidetic added to a user's optimizer."""
+
+    def __init__(self, optimizer) -> None:
+        self.source = optimizer
+        self.added: list[dict] = []
+        self.instance: torch.optim.Optimizer | None = None
+
+    def optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        opt = self.source if isinstance(self.source, torch.optim.Optimizer) else None
+        if opt is None:
+            if not callable(self.source):
+                raise TaskError("optimizer must be a function params -> torch.optim.Optimizer, or an Optimizer")
+            opt = self.source(params)
+            if not isinstance(opt, torch.optim.Optimizer):
+                raise TaskError(f"the optimizer factory returned {type(opt).__name__}, not a "
+                                "torch.optim.Optimizer")
+        held = {id(p) for group in opt.param_groups for p in group["params"]}
+        missing = [p for p in params if id(p) not in held]
+        if missing:
+            opt.add_param_group({"params": missing})
+            self.added.append(opt.param_groups[-1])
+            log.debug("added %d parameters (the new head) to the optimizer", len(missing))
+        self.instance = opt
+        return opt
+
+    def rollback(self) -> None:
+        if self.instance is None:
+            return
+        for group in self.added:
+            self.instance.param_groups.remove(group)
+            for p in group["params"]:
+                self.instance.state.pop(p, None)
+
+
+def _after_load(module: ContinualNetwork, incompatible) -> None:
+    if module._eidetic.graph is not None:
+        module._make_guard()  # capture the loaded frozen values
+
+
+def _synthetic_example(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if dtype.is_floating_point:
+        gen = torch.Generator().manual_seed(0)
+        return torch.randn((2, *shape), generator=gen, dtype=dtype).to(device)
+    return torch.zeros((2, *shape), dtype=dtype, device=device)
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise TaskError(f"{name} must be an int >= {minimum}, got {value!r}")

@@ -1,0 +1,80 @@
+"""The task-boundary phases: freezing the units a task kept, and recycling the rest.
+
+* :func:`freeze` gives every alive unit to the task (persistence is then enforced by the
+  guard) and *cuts* every weight entry of those units that reads a free unit, so that units
+  trained later can never feed them (resistance). The task's head is frozen the same way.
+* :func:`recycle` re-initialises every free unit (pruned or never used) with the layer's own
+  initialisation, ready for the next task. Frozen rows are not touched, so the cut entries
+  stay zero.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from torch import nn
+
+from .graph import UnitGraph
+from .ownership import Ownership
+from .slices import head_columns, in_mask, out_mask, out_positions, weight_entries
+
+log = logging.getLogger("eidetic")
+
+Layers = dict[str, tuple[nn.Module, object]]
+
+
+@torch.no_grad()
+def cut(layers: Layers, graph: UnitGraph, ownership: Ownership, rows: dict[str, torch.Tensor],
+        head: nn.Linear | None) -> None:
+    """Zero, in the rows of the units selected by ``rows``, every entry reading a free unit."""
+    free = ownership.masks("free")
+    for name, (module, spec) in layers.items():
+        if spec.in_tensor is None:
+            continue
+        weight = getattr(module, spec.in_tensor)
+        selected = out_mask(graph, name, rows, weight.shape[spec.out_dim_of(spec.in_tensor)])
+        columns = in_mask(graph, name, free, weight.shape[spec.in_dim] * spec.groups)
+        if selected.any() and columns.any():
+            weight.masked_fill_(weight_entries(module, spec, selected, columns), 0)
+    if head is not None:
+        head.weight[:, head_columns(graph, free).to(head.weight.device)] = 0
+
+
+def freeze(layers: Layers, graph: UnitGraph, ownership: Ownership, task: int, head: nn.Linear) -> dict[str, int]:
+    """Give the alive units to ``task`` and cut their synapses from free units.
+
+    Returns the number of units ``task`` received in each group.
+    """
+    new = ownership.assign(task)
+    cut(layers, graph, ownership, new, head)
+    return {key: int(mask.sum()) for key, mask in new.items()}
+
+
+def _fresh(module: nn.Module) -> nn.Module | None:
+    if not hasattr(module, "reset_parameters"):
+        return None
+    fresh = copy.deepcopy(module)
+    fresh.reset_parameters()
+    return fresh
+
+
+@torch.no_grad()
+def recycle(layers: Layers, graph: UnitGraph, ownership: Ownership) -> int:
+    """Re-initialise every free unit and clear the pruning marks; return the units recycled."""
+    free = ownership.masks("free")
+    for name, (module, spec) in layers.items():
+        index = out_positions(graph, name, free)
+        if index.numel() == 0:
+            continue
+        fresh = _fresh(module)
+        if fresh is None:
+            log.warning("layer '%s' has no reset_parameters(); its free units keep their values", name)
+            continue
+        for tensor_name, dim in spec.out_tensors:
+            target, source = getattr(module, tensor_name), getattr(fresh, tensor_name)
+            idx = index.to(target.device)
+            target.data.index_copy_(dim, idx, source.index_select(dim, idx))
+    ownership.release_pruned()
+    return sum(int(m.sum()) for m in free.values())

@@ -1,0 +1,206 @@
+"""The training loop of one task, with the guard around every optimizer step.
+
+A :class:`TaskSession` holds what one task's training needs (data, head, optimizer, loss,
+guard) and offers the steps the phases are made of: one optimizer step, one epoch, the
+monitored metric, and the scoring context used by pruning.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .data import batches
+from .errors import NonFiniteLossError, TaskError
+from .guard import Guard
+from .report import EpochStats
+from .scoring import ScoringContext
+
+log = logging.getLogger("eidetic")
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Fraction of rows whose arg-max equals the target class."""
+    return (logits.argmax(dim=1) == targets).float().mean()
+
+
+class Callback:
+    """Hooks into ``train_task``; subclass and override what you need.
+
+    Example::
+
+        class PrintLoss(eidetic.Callback):
+            def on_epoch_end(self, task, stats):
+                print(task, stats.epoch, stats.loss)
+    """
+
+    def on_step_end(self, task: int, loss: torch.Tensor) -> None:
+        """After every optimizer step (``loss`` is a detached tensor; reading it syncs)."""
+
+    def on_epoch_end(self, task: int, stats: EpochStats) -> None:
+        """After every training epoch, pruning recovery epochs included."""
+
+
+@dataclass
+class TaskSession:
+    """Everything the training of one task needs."""
+
+    body: nn.Module
+    head: nn.Linear
+    task: int
+    num_classes: int
+    guard: Guard
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    optimizer: torch.optim.Optimizer
+    loss_fn: Loss = F.cross_entropy
+    metric: Metric = accuracy
+    check_labels: bool = True
+    input_shape: tuple[int, ...] = ()
+    clip_grad_norm: float | None = None
+    callbacks: Sequence[Callback] = ()
+    progress: bool = True
+    epochs_run: int = field(default=0, init=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x).flatten(1))
+
+    def _check(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise TaskError(f"inputs of shape {tuple(x.shape[1:])} (per sample) do not fit the network, "
+                            f"which was set up with inputs of shape {self.input_shape}")
+        if self.check_labels:
+            if y.dtype.is_floating_point or y.dim() != 1:
+                raise TaskError("targets must be a 1-D tensor of class indices for the default "
+                                "cross-entropy loss; pass loss_fn= and metric= for other targets")
+            low, high = int(y.min()), int(y.max())
+            if low < 0 or high >= self.num_classes:
+                raise TaskError(f"task {self.task} has num_classes={self.num_classes} but its data "
+                                f"holds class {high if high >= self.num_classes else low}; "
+                                "pass the right num_classes or relabel the classes 0..num_classes-1")
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step; returns the detached loss and the batch metric."""
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.logits(x)
+        loss = self.loss_fn(logits, y)
+        loss.backward()
+        self.guard.zero_grads()
+        if self.clip_grad_norm is not None:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+        self.optimizer.step()
+        self.guard.enforce()
+        with torch.no_grad():
+            return loss.detach(), self.metric(logits.detach(), y)
+
+    def train_epoch(self) -> EpochStats:
+        """One pass over the training data in training mode."""
+        from tqdm.auto import tqdm
+
+        self.body.train()
+        self.head.train()
+        first = self.epochs_run == 0
+        total_loss = torch.zeros((), device=self.device)
+        total_metric = torch.zeros((), device=self.device)
+        samples = 0
+        data = batches(self.train_loader, self.device, "train_data")
+        bar = tqdm(data, desc=f"task {self.task} epoch {self.epochs_run + 1}", leave=False,
+                   disable=None if self.progress else True, total=_length(self.train_loader))
+        for x, y in bar:
+            if first:
+                self._check(x, y)
+            loss, metric = self.step(x, y)
+            total_loss += loss * len(x)
+            total_metric += metric * len(x)
+            samples += len(x)
+            for cb in self.callbacks:
+                cb.on_step_end(self.task, loss)
+        self.epochs_run += 1
+        mean_loss = float(total_loss) / samples
+        if not math.isfinite(mean_loss):
+            raise NonFiniteLossError(
+                f"the loss of task {self.task} became {mean_loss} in epoch {self.epochs_run}; the "
+                "network was rolled back to its state before the call. Lower the learning rate or "
+                "pass clip_grad_norm=..."
+            )
+        stats = EpochStats(self.epochs_run, mean_loss, float(total_metric) / samples)
+        if self.val_loader is not None:
+            stats.val_accuracy = self.evaluate(self.val_loader, "val_data")
+        for cb in self.callbacks:
+            cb.on_epoch_end(self.task, stats)
+        log.debug("task %d epoch %d: loss %.4f metric %.4f", self.task, stats.epoch, stats.loss, stats.accuracy)
+        return stats
+
+    def fit(self, epochs: int, patience: int | None, scheduler=None) -> list[EpochStats]:
+        """Train for ``epochs`` epochs, stopping early after ``patience`` epochs without progress.
+
+        Progress is validation accuracy when validation data was given, else training accuracy.
+        """
+        history: list[EpochStats] = []
+        best, stale = -math.inf, 0
+        for _ in range(epochs):
+            stats = self.train_epoch()
+            history.append(stats)
+            if scheduler is not None:
+                scheduler.step()
+            score = stats.val_accuracy if stats.val_accuracy is not None else stats.accuracy
+            if score > best:
+                best, stale = score, 0
+            else:
+                stale += 1
+            if patience is not None and stale >= patience:
+                break
+        return history
+
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader, name: str) -> float:
+        """The metric over ``loader`` in evaluation mode."""
+        was_training = self.body.training
+        self.body.eval()
+        self.head.eval()
+        total, samples = torch.zeros((), device=self.device), 0
+        for x, y in batches(loader, self.device, name):
+            self._check(x, y)
+            total += self.metric(self.logits(x), y) * len(x)
+            samples += len(x)
+        self.body.train(was_training)
+        self.head.train(was_training)
+        return float(total) / samples
+
+    def monitored(self, monitor: str) -> float:
+        """The metric pruning watches: on the training data or on the validation data."""
+        if monitor == "val":
+            if self.val_loader is None:
+                raise TaskError("Pruning(monitor='val') needs val_data")
+            return self.evaluate(self.val_loader, "val_data")
+        return self.evaluate(self.train_loader, "train_data")
+
+    def scoring_context(self, layers, graph, max_batches: int | None) -> ScoringContext:
+        """Inputs for importance strategies (evaluation mode, training data)."""
+        self.body.eval()
+        self.head.eval()
+        return ScoringContext(layers=layers, graph=graph,
+                              batches=batches(self.train_loader, self.device, "train_data"),
+                              loss=lambda x, y: self.loss_fn(self.logits(x), y), max_batches=max_batches)
+
+
+def _length(loader: DataLoader) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
