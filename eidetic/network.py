@@ -548,8 +548,9 @@ class _OptimizerTransaction:
     def rollback(self) -> None:
         if self.instance is None:
             return
+        added = {id(group) for group in self.added}
+        self.instance.param_groups[:] = [g for g in self.instance.param_groups if id(g) not in added]
         for group in self.added:
-            self.instance.param_groups.remove(group)
             for p in group["params"]:
                 self.instance.state.pop(p, None)
 

@@ -1,0 +1,91 @@
+"""Independent checks of the guarantee: what must hold after every task.
+
+These helpers read the unit table and the owners, but compute frozen positions and cut entries
+on their own rather than through eidetic's guard.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import eidetic
+from eidetic.graph import FEATURES, input_positions
+
+FREE = eidetic.FREE
+RAW = -2  # an input position that reads no unit (the network's input)
+
+
+def _owner_of_outputs(net, module: str, size: int) -> torch.Tensor:
+    owners = torch.full((size,), FREE, dtype=torch.long)
+    for group in net.graph:
+        owner = net._eidetic.ownership.owner[group.key].long()
+        for slot in group.outs:
+            if slot.module == module:
+                owners[slot.index] = owner[slot.units]
+    return owners
+
+
+def _owner_of_inputs(net, module: str, size: int) -> torch.Tensor:
+    owners = torch.full((size,), RAW, dtype=torch.long)
+    for group in net.graph:
+        owner = net._eidetic.ownership.owner[group.key].long()
+        for slot in group.ins:
+            if slot.module == module:
+                owners[slot.index] = owner[slot.units]
+    return owners
+
+
+def frozen_state(net) -> dict[tuple[str, str], tuple[int, torch.Tensor, torch.Tensor]]:
+    """``{(module, tensor): (dim, owned positions, their values)}`` of every owned slice."""
+    state = {}
+    for name, (module, spec) in net._eidetic.layers.items():
+        for tensor_name, dim in spec.out_tensors:
+            tensor = getattr(module, tensor_name)
+            owners = _owner_of_outputs(net, name, tensor.shape[dim])
+            index = (owners != FREE).nonzero().flatten()
+            state[(name, tensor_name)] = (dim, index, tensor.detach().index_select(dim, index).clone())
+    for k in range(net._eidetic.frozen_tasks):
+        for tensor_name, tensor in net.heads[k].named_parameters():
+            index = torch.arange(tensor.shape[0])
+            state[(f"heads.{k}", tensor_name)] = (0, index, tensor.detach().clone())
+    return state
+
+
+def assert_persistent(net, earlier: dict) -> None:
+    """Every slice owned in ``earlier`` (a :func:`frozen_state`) is bitwise unchanged."""
+    modules = dict(net.named_modules())
+    for (module, tensor_name), (dim, index, values) in earlier.items():
+        tensor = getattr(modules[module], tensor_name)
+        now = tensor.detach().index_select(dim, index)
+        assert torch.equal(now, values), f"frozen slice {module}.{tensor_name} changed"
+
+
+def assert_resistance(net) -> None:
+    """In rows of a unit owned by task k, every entry reading a free unit or a unit of a task
+    after k is exactly zero; the same for head k's columns."""
+    for name, (module, spec) in net._eidetic.layers.items():
+        if spec.in_tensor is None:
+            continue
+        weight = getattr(module, spec.in_tensor).detach()
+        row_dim = spec.out_dim_of(spec.in_tensor)
+        rows = _owner_of_outputs(net, name, weight.shape[row_dim])
+        cols = _owner_of_inputs(net, name, weight.shape[spec.in_dim] * spec.groups)
+        positions = input_positions(module, spec).expand(weight.shape[row_dim], -1)
+        read = cols[positions]
+        bad = (rows[:, None] >= 0) & (read != RAW) & ((read == FREE) | (read > rows[:, None]))
+        entries = weight.movedim((row_dim, spec.in_dim), (0, 1))
+        assert torch.all(entries[bad] == 0), f"{name}: a frozen row reads a free or later unit"
+    cols = _owner_of_inputs(net, FEATURES, net.graph.feature_dim)
+    for k in range(net._eidetic.frozen_tasks):
+        bad = (cols != RAW) & ((cols == FREE) | (cols > k))
+        assert torch.all(net.heads[k].weight.detach()[:, bad] == 0), f"head {k} reads a free or later unit"
+
+
+def all_logits(net, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every task's logits on ``x`` in evaluation mode."""
+    was = net.training
+    net.eval()
+    with torch.no_grad():
+        out = [net.logits(x, k) for k in range(net.num_tasks)]
+    net.train(was)
+    return out

@@ -1,0 +1,29 @@
+"""Test configuration: Hypothesis profiles and deterministic CPU execution.
+
+The default profile keeps the suite fast enough for CI; run the deeper search with
+``pytest --hypothesis-profile=deep`` (or ``HYPOTHESIS_PROFILE=deep pytest``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "default",
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize=False,
+)
+settings.register_profile(
+    "deep",
+    max_examples=1000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))

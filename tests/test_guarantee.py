@@ -1,0 +1,74 @@
+"""The guarantee, as a property: whatever the architecture, optimizer, data and pruning, every
+earlier task's logits, frozen slices and BatchNorm buffers are bitwise unchanged by later tasks,
+and frozen rows never read free or later units.
+
+Run a deeper search with ``pytest tests/test_guarantee.py --hypothesis-profile=deep``.
+"""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader, TensorDataset
+
+from checks import all_logits, assert_persistent, assert_resistance, frozen_state
+from models import CNN, MLP, ConcatNet, ResNet, input_shape
+from strategies import concat_specs, cnn_specs, mlp_specs, optimizers, resnet_specs, runs
+
+seeds = st.integers(0, 2**16)
+
+
+def run_and_check(family, spec, optimizer, plans, seed) -> None:
+    torch.manual_seed(seed)
+    net = family(spec)
+    shape = input_shape(family, spec)
+    fixed = torch.randn(6, *shape)
+    make_optimizer = optimizer.factory()
+    logits: list[torch.Tensor] = []
+    frozen: list[dict] = []
+    for t, plan in enumerate(plans):
+        x = torch.randn(plan.samples, *shape) * (1 + t)
+        y = torch.randint(0, plan.classes, (plan.samples,))
+        # drop_last: a last batch of one sample cannot be trained through BatchNorm
+        loader = DataLoader(TensorDataset(x, y), batch_size=plan.batch_size, shuffle=True, drop_last=True)
+        net.train_task(t, loader, num_classes=plan.classes, optimizer=make_optimizer, epochs=plan.epochs,
+                       pruning=plan.pruning, clip_grad_norm=plan.clip, progress=False)
+        now = all_logits(net, fixed)
+        for j in range(t):
+            assert torch.equal(now[j], logits[j]), f"task {j} changed after task {t}"
+        logits.append(now[t])
+        for state in frozen:
+            assert_persistent(net, state)
+        frozen.append(frozen_state(net))
+        assert_resistance(net)
+
+        # A training-mode forward uses frozen statistics for frozen channels and updates none.
+        net.train()
+        with torch.no_grad():
+            train_mode = [net.logits(fixed, j) for j in range(t + 1)]
+        for state in frozen:
+            assert_persistent(net, state)
+        if spec.get("dropout", 0.0) == 0.0:
+            for j in range(t + 1):
+                assert torch.equal(train_mode[j], logits[j]), f"task {j} differs in training mode"
+
+
+@given(spec=mlp_specs(), optimizer=optimizers(), plans=runs, seed=seeds)
+def test_mlp_never_forgets(spec, optimizer, plans, seed):
+    run_and_check(MLP, spec, optimizer, plans, seed)
+
+
+@given(spec=cnn_specs(), optimizer=optimizers(), plans=runs, seed=seeds)
+def test_cnn_with_batchnorm_never_forgets(spec, optimizer, plans, seed):
+    run_and_check(CNN, spec, optimizer, plans, seed)
+
+
+@given(spec=resnet_specs(), optimizer=optimizers(), plans=runs, seed=seeds)
+def test_residual_net_never_forgets(spec, optimizer, plans, seed):
+    run_and_check(ResNet, spec, optimizer, plans, seed)
+
+
+@given(spec=concat_specs(), optimizer=optimizers(), plans=runs, seed=seeds)
+def test_concatenating_net_never_forgets(spec, optimizer, plans, seed):
+    run_and_check(ConcatNet, spec, optimizer, plans, seed)
