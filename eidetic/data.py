@@ -19,6 +19,8 @@ def as_loader(data, batch_size: int | None, *, shuffle: bool, name: str) -> Data
         shuffle: whether a wrapped Dataset is shuffled.
         name: the argument's name, for error messages.
     """
+    if _is_empty(data.dataset if isinstance(data, DataLoader) else data):
+        raise TaskError(f"{name} is empty: it holds no samples")
     if isinstance(data, DataLoader):
         loader = data
     elif isinstance(data, (Dataset, IterableDataset)) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
@@ -30,13 +32,14 @@ def as_loader(data, batch_size: int | None, *, shuffle: bool, name: str) -> Data
         loader = DataLoader(data, batch_size=batch_size, shuffle=shuffle and not isinstance(data, IterableDataset))
     else:
         raise TaskError(f"{name} must be a torch DataLoader or Dataset, got {type(data).__name__}")
-    try:
-        empty = len(loader.dataset) == 0  # type: ignore[arg-type]
-    except TypeError:
-        empty = False  # an iterable dataset of unknown length: checked when it is read
-    if empty:
-        raise TaskError(f"{name} is empty: it holds no samples")
     return loader
+
+
+def _is_empty(data) -> bool:
+    try:
+        return len(data) == 0
+    except TypeError:
+        return False  # an iterable dataset of unknown length: checked when it is read
 
 
 def split_batch(batch, name: str) -> tuple[torch.Tensor, torch.Tensor]:

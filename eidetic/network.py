@@ -401,15 +401,16 @@ class ContinualNetwork(nn.Module):
             return
         shape = tuple(extra["input_shape"])
         dtype = getattr(torch, extra["input_dtype"])
-        if state.graph is None:
+        created = state.graph is None
+        if created:
             self.setup(_synthetic_example(shape, dtype, self._device()))
-        elif shape != state.input_shape:
-            raise CheckpointError(f"the checkpoint was trained on inputs of shape {shape}, this network "
-                                  f"on {state.input_shape}")
         sizes = {g.key: g.size for g in state.graph}
-        if sizes != extra["groups"]:
-            raise CheckpointError(f"the checkpoint's unit groups {extra['groups']} do not match this "
-                                  f"network's {sizes}: it was saved from a different architecture")
+        if shape != state.input_shape or sizes != extra["groups"]:
+            if created:
+                self._forget_graph()
+            raise CheckpointError(f"the checkpoint (inputs {shape}, unit groups {extra['groups']}) does not match "
+                                  f"this network (inputs {state.input_shape}, unit groups {sizes}): it was saved "
+                                  "from a different architecture")
         while len(self.heads):
             self.heads.drop_last()
         for num_classes in extra["num_classes"]:

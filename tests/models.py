@@ -6,6 +6,8 @@ fresh instance of the same architecture can be built for checkpoint round trips.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,7 +30,7 @@ class MLP(eidetic.ContinualNetwork):
         super().__init__()
         self.spec = spec
         sizes = [spec["in"], *spec["widths"]]
-        self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(sizes))
         self.bns = nn.ModuleList(nn.BatchNorm1d(b) if spec["bn"] else nn.Identity() for b in sizes[1:])
         self.drop = nn.Dropout(spec.get("dropout", 0.0))
 

@@ -8,6 +8,7 @@ import torch
 from hypothesis import strategies as st
 
 import eidetic
+
 from models import ACTIVATIONS
 
 width = st.integers(2, 8)

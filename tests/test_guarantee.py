@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from checks import all_logits, assert_persistent, assert_resistance, frozen_state
 from models import CNN, MLP, ConcatNet, ResNet, input_shape
-from strategies import concat_specs, cnn_specs, mlp_specs, optimizers, resnet_specs, runs
+from strategies import cnn_specs, concat_specs, mlp_specs, optimizers, resnet_specs, runs
 
 seeds = st.integers(0, 2**16)
 

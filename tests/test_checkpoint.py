@@ -1,0 +1,82 @@
+"""Checkpoints: a fresh instance loads a state dict saved after any task, answers every task
+bitwise identically, and continues training exactly as the original does."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader, TensorDataset
+
+import eidetic
+
+from checks import all_logits
+from models import CNN, MLP, ResNet, input_shape
+from strategies import cnn_specs, mlp_specs, optimizers, resnet_specs, runs
+
+families = st.one_of(
+    st.tuples(st.just(MLP), mlp_specs()),
+    st.tuples(st.just(CNN), cnn_specs()),
+    st.tuples(st.just(ResNet), resnet_specs()),
+)
+
+
+def round_trip(net: eidetic.ContinualNetwork, family, spec) -> eidetic.ContinualNetwork:
+    buffer = io.BytesIO()
+    torch.save(net.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = family(spec)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    return fresh
+
+
+def loader(plan, shape, t: int) -> DataLoader:
+    g = torch.Generator().manual_seed(100 + t)
+    x = torch.randn(plan.samples, *shape, generator=g)
+    y = torch.randint(0, plan.classes, (plan.samples,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=plan.batch_size, shuffle=True, drop_last=True)
+
+
+def train(net, t, plan, shape, optimizer, seed) -> None:
+    torch.manual_seed(seed)
+    net.train_task(t, loader(plan, shape, t), num_classes=plan.classes, optimizer=optimizer, epochs=plan.epochs,
+                   pruning=plan.pruning, clip_grad_norm=plan.clip, progress=False)
+
+
+@given(family_spec=families, optimizer=optimizers(), plans=runs, seed=st.integers(0, 2**16))
+def test_save_after_any_task_load_into_a_fresh_instance_and_continue(family_spec, optimizer, plans, seed):
+    family, spec = family_spec
+    shape = input_shape(family, spec)
+    fixed = torch.randn(5, *shape)
+    torch.manual_seed(seed)
+    net = family(spec)
+    for t, plan in enumerate(plans[:-1]):
+        train(net, t, plan, shape, optimizer.factory(), seed + t)
+    copy = round_trip(net, family, spec)
+    for a, b in zip(all_logits(net, fixed), all_logits(copy, fixed), strict=True):
+        assert torch.equal(a, b)
+    t = len(plans) - 1
+    for model in (net, copy):
+        train(model, t, plans[-1], shape, lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), seed + 99)
+    for a, b in zip(all_logits(net, fixed), all_logits(copy, fixed), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_checkpoint_from_another_architecture_is_refused():
+    net = MLP({"in": 4, "widths": [5], "bn": False, "act": "relu"})
+    net.train_task(0, TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,))), batch_size=8, num_classes=2,
+                   optimizer=lambda p: torch.optim.SGD(p, lr=0.1), epochs=1, progress=False)
+    other = MLP({"in": 4, "widths": [6], "bn": False, "act": "relu"})
+    with pytest.raises(eidetic.CheckpointError, match="different architecture"):
+        other.load_state_dict(net.state_dict())
+    assert other.graph is None
+
+
+def test_an_untrained_checkpoint_loads_into_a_fresh_network():
+    net = MLP({"in": 4, "widths": [5], "bn": False, "act": "relu"})
+    fresh = MLP({"in": 4, "widths": [5], "bn": False, "act": "relu"})
+    fresh.load_state_dict(net.state_dict())
+    assert fresh.graph is None
