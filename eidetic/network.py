@@ -8,6 +8,7 @@ task: train, prune, freeze, recycle. Outputs of every finished task stay bitwise
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -167,7 +168,7 @@ class ContinualNetwork(nn.Module):
         loss_fn: Loss | None = None,
         metric: Metric | None = None,
         scheduler: Callable[[torch.optim.Optimizer], object] | None = None,
-        patience: int | None = None,
+        early_stopping: int | None = None,
         clip_grad_norm: float | None = None,
         finish: bool = True,
         callbacks: Sequence[Callback] = (),
@@ -193,7 +194,7 @@ class ContinualNetwork(nn.Module):
             loss_fn: ``(logits, targets) -> loss``; cross-entropy by default.
             metric: ``(logits, targets) -> score in [0, 1]``; accuracy by default.
             scheduler: optional factory ``optimizer -> LR scheduler``, stepped per epoch.
-            patience: stop training after this many epochs without progress (``None``: never).
+            early_stopping: stop training after this many epochs without progress (``None``: never).
             clip_grad_norm: clip the gradient norm of the trained weights to this value.
             finish: freeze and recycle at the end (``False`` leaves the task open, so that
                 :meth:`prune_until`, :meth:`freeze` and :meth:`recycle` can be called by hand).
@@ -213,8 +214,8 @@ class ContinualNetwork(nn.Module):
         self._check_new_task(task)
         _check_int("num_classes", num_classes, 1)
         _check_int("epochs", epochs, 0)
-        if patience is not None:
-            _check_int("patience", patience, 1)
+        if early_stopping is not None:
+            _check_int("early_stopping", early_stopping, 1)
         if pruning is not None and not isinstance(pruning, Pruning):
             raise TaskError(f"pruning must be an eidetic.Pruning or None, got {type(pruning).__name__}")
         train_loader = as_loader(train_data, batch_size, shuffle=True, name="train_data")
@@ -229,7 +230,7 @@ class ContinualNetwork(nn.Module):
             session = self._session(task, head, train_loader, val_loader, tx.optimizer(self._trainable(head)),
                                     loss_fn, metric, clip_grad_norm, callbacks, progress)
             sched = scheduler(session.optimizer) if scheduler is not None else None
-            report.epochs = session.fit(epochs, patience, sched)
+            report.epochs = session.fit(epochs, early_stopping, sched)
             report.seconds["train"] = time.perf_counter() - start
             if pruning is not None:
                 report.reference_metric, report.prune_steps = prune_until(
@@ -238,7 +239,7 @@ class ContinualNetwork(nn.Module):
             monitor = pruning.monitor if pruning is not None else "train"
             report.final_metric = session.monitored(monitor)
             if val_loader is not None:
-                report.val_accuracy = session.evaluate(val_loader, "val_data")
+                report.val_metric = session.evaluate(val_loader, "val_data")
             if finish:
                 report.units = self.freeze(task)
                 self.recycle()
@@ -497,11 +498,13 @@ class ContinualNetwork(nn.Module):
             if created:
                 self._forget_graph()
             raise
-        heads, frozen = len(self.heads), state.frozen_tasks
+        heads, frozen, training = len(self.heads), state.frozen_tasks, self.training
         tx = _OptimizerTransaction(optimizer)
         try:
             yield tx
+            self.train(training)
         except BaseException:
+            self.train(training)
             while len(self.heads) > heads:
                 self.heads.drop_last()
             state.frozen_tasks = frozen
@@ -521,12 +524,13 @@ class ContinualNetwork(nn.Module):
 
 
 class _OptimizerTransaction:
-    """Builds the task's optimizer and undoes what eidetic added to a user's optimizer."""
+    """Builds the task's optimizer; on rollback, puts a user's optimizer back as it was."""
 
     def __init__(self, optimizer) -> None:
         self.source = optimizer
         self.added: list[dict] = []
         self.instance: torch.optim.Optimizer | None = None
+        self.saved: dict | None = None
 
     def optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         opt = self.source if isinstance(self.source, torch.optim.Optimizer) else None
@@ -537,6 +541,7 @@ class _OptimizerTransaction:
             if not isinstance(opt, torch.optim.Optimizer):
                 raise TaskError(f"the optimizer factory returned {type(opt).__name__}, not a "
                                 "torch.optim.Optimizer")
+        self.saved = copy.deepcopy(opt.state_dict())
         held = {id(p) for group in opt.param_groups for p in group["params"]}
         missing = [p for p in params if id(p) not in held]
         if missing:
@@ -554,6 +559,7 @@ class _OptimizerTransaction:
         for group in self.added:
             for p in group["params"]:
                 self.instance.state.pop(p, None)
+        self.instance.load_state_dict(self.saved)
 
 
 def _after_load(module: ContinualNetwork, incompatible) -> None:

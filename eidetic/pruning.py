@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import TaskError
 from .graph import UnitGraph
 from .ownership import Ownership
 from .report import PruneStep
@@ -61,21 +62,21 @@ class Pruning:
 
     def __post_init__(self) -> None:
         if self.method not in methods():
-            raise ValueError(f"Pruning(method={self.method!r}): choose one of {methods()}")
+            raise TaskError(f"Pruning(method={self.method!r}): choose one of {methods()}")
         if not 0.0 < self.step <= 1.0:
-            raise ValueError(f"Pruning(step={self.step}): the step is a fraction in (0, 1]")
+            raise TaskError(f"Pruning(step={self.step}): the step is a fraction in (0, 1]")
         if not 0.0 <= self.tolerance < 1.0:
-            raise ValueError(f"Pruning(tolerance={self.tolerance}): use a fraction in [0, 1)")
+            raise TaskError(f"Pruning(tolerance={self.tolerance}): use a fraction in [0, 1)")
         for name in ("recovery_epochs", "patience"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
-                raise ValueError(f"Pruning({name}={value!r}): use a non-negative int")
+                raise TaskError(f"Pruning({name}={value!r}): use a non-negative int")
         if self.monitor not in ("train", "val"):
-            raise ValueError(f"Pruning(monitor={self.monitor!r}): use 'train' or 'val'")
+            raise TaskError(f"Pruning(monitor={self.monitor!r}): use 'train' or 'val'")
         if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 0):
-            raise ValueError(f"Pruning(max_steps={self.max_steps!r}): use None or a non-negative int")
+            raise TaskError(f"Pruning(max_steps={self.max_steps!r}): use None or a non-negative int")
         if self.score_batches is not None and (not isinstance(self.score_batches, int) or self.score_batches < 1):
-            raise ValueError(f"Pruning(score_batches={self.score_batches!r}): use None or a positive int")
+            raise TaskError(f"Pruning(score_batches={self.score_batches!r}): use None or a positive int")
 
 
 def select(ownership: Ownership, scores: dict[str, torch.Tensor], fraction: float) -> dict[str, int]:
@@ -118,14 +119,12 @@ def prune_until(session: TaskSession, layers, graph: UnitGraph, ownership: Owner
             break
         session.guard.update_pruned()
         session.guard.enforce()
-        metric = session.monitored(config.monitor)
-        for _ in range(config.recovery_epochs):
-            if metric >= floor:
-                break
+        metric, epochs = session.monitored(config.monitor), 0
+        while metric < floor and epochs < config.recovery_epochs:
             session.train_epoch()
-            metric = session.monitored(config.monitor)
+            metric, epochs = session.monitored(config.monitor), epochs + 1
         accepted = metric >= floor
-        steps.append(PruneStep(fraction, removed, metric, accepted))
+        steps.append(PruneStep(fraction, removed, epochs, metric, accepted))
         log.info("task %d: pruned %d units, metric %.4f (floor %.4f): %s", session.task,
                  sum(removed.values()), metric, floor, "kept" if accepted else "rolled back")
         if not accepted:

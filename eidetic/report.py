@@ -7,22 +7,25 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass
 class EpochStats:
-    """One training epoch: mean loss, training accuracy (running, in training mode) and,
-    when validation data was given, validation accuracy."""
+    """One training epoch: mean loss, the metric on the training batches (running, in
+    training mode) and, when validation data was given, the metric on it (evaluation mode).
+    The metric is accuracy unless ``train_task`` was given another."""
 
     epoch: int
     loss: float
-    accuracy: float
-    val_accuracy: float | None = None
+    metric: float
+    val_metric: float | None = None
 
 
 @dataclass
 class PruneStep:
-    """One pruning step: units removed per group, the monitored metric after recovery, and
-    whether the step was kept (within tolerance) or rolled back."""
+    """One pruning step: the fraction asked for, units removed per group, recovery epochs run,
+    the monitored metric after recovery, and whether the step was kept (within tolerance) or
+    rolled back."""
 
     fraction: float
     removed: dict[str, int]
+    epochs: int
     metric: float
     accepted: bool
 
@@ -38,7 +41,7 @@ class TaskReport:
         reference_metric: the monitored metric after training, before pruning.
         prune_steps: every pruning step, kept or rolled back.
         final_metric: the monitored metric of the network as frozen.
-        val_accuracy: validation accuracy of the network as frozen (if validation data).
+        val_metric: the metric on the validation data of the network as frozen (if given).
         units: ``{group: units the task owns}`` for the units it newly froze.
         free_units: ``{group: units left free for later tasks}``.
         seconds: wall time per phase (``train``, ``prune``, ``finish``, ``total``).
@@ -50,7 +53,7 @@ class TaskReport:
     reference_metric: float | None = None
     prune_steps: list[PruneStep] = field(default_factory=list)
     final_metric: float | None = None
-    val_accuracy: float | None = None
+    val_metric: float | None = None
     units: dict[str, int] = field(default_factory=dict)
     free_units: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -65,8 +68,8 @@ class TaskReport:
         parts = [f"task {self.task}: {len(self.epochs)} epoch(s)"]
         if self.final_metric is not None:
             parts.append(f"metric {self.final_metric:.4f}")
-        if self.val_accuracy is not None:
-            parts.append(f"val accuracy {self.val_accuracy:.4f}")
+        if self.val_metric is not None:
+            parts.append(f"val metric {self.val_metric:.4f}")
         accepted = sum(s.accepted for s in self.prune_steps)
         parts.append(f"{accepted}/{len(self.prune_steps)} pruning step(s) kept")
         parts.append(f"{kept} units frozen, {free} free")

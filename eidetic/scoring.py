@@ -23,6 +23,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from .errors import TaskError
 from .graph import UnitGraph
 
 Layers = dict[str, tuple[nn.Module, object]]
@@ -146,7 +147,7 @@ def importance(name: str) -> Importance:
     try:
         return _IMPORTANCE[name]
     except KeyError:
-        raise ValueError(f"unknown pruning method {name!r}; choose one of {sorted(_IMPORTANCE)}") from None
+        raise TaskError(f"unknown pruning method {name!r}; choose one of {sorted(_IMPORTANCE)}") from None
 
 
 def methods() -> list[str]:

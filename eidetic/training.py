@@ -26,6 +26,7 @@ from .scoring import ScoringContext
 log = logging.getLogger("eidetic")
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+_FINITE_CHECK_EVERY = 32  # steps between NaN checks (each check waits for the device)
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -121,7 +122,7 @@ class TaskSession:
         data = batches(self.train_loader, self.device, "train_data")
         bar = tqdm(data, desc=f"task {self.task} epoch {self.epochs_run + 1}", leave=False,
                    disable=None if self.progress else True, total=_length(self.train_loader))
-        for x, y in bar:
+        for step, (x, y) in enumerate(bar, 1):
             if first:
                 self._check(x, y)
             loss, metric = self.step(x, y)
@@ -130,26 +131,31 @@ class TaskSession:
             samples += len(x)
             for cb in self.callbacks:
                 cb.on_step_end(self.task, loss)
+            if step % _FINITE_CHECK_EVERY == 0:
+                self._check_finite(float(total_loss))
         self.epochs_run += 1
         mean_loss = float(total_loss) / samples
-        if not math.isfinite(mean_loss):
+        self._check_finite(mean_loss)
+        stats = EpochStats(self.epochs_run, mean_loss, float(total_metric) / samples)
+        if self.val_loader is not None:
+            stats.val_metric = self.evaluate(self.val_loader, "val_data")
+        for cb in self.callbacks:
+            cb.on_epoch_end(self.task, stats)
+        log.debug("task %d epoch %d: loss %.4f metric %.4f", self.task, stats.epoch, stats.loss, stats.metric)
+        return stats
+
+    def _check_finite(self, loss: float) -> None:
+        if not math.isfinite(loss):
             raise NonFiniteLossError(
-                f"the loss of task {self.task} became {mean_loss} in epoch {self.epochs_run}; the "
+                f"the loss of task {self.task} became {loss} in epoch {self.epochs_run + 1}; the "
                 "network was rolled back to its state before the call. Lower the learning rate or "
                 "pass clip_grad_norm=..."
             )
-        stats = EpochStats(self.epochs_run, mean_loss, float(total_metric) / samples)
-        if self.val_loader is not None:
-            stats.val_accuracy = self.evaluate(self.val_loader, "val_data")
-        for cb in self.callbacks:
-            cb.on_epoch_end(self.task, stats)
-        log.debug("task %d epoch %d: loss %.4f metric %.4f", self.task, stats.epoch, stats.loss, stats.accuracy)
-        return stats
 
-    def fit(self, epochs: int, patience: int | None, scheduler=None) -> list[EpochStats]:
-        """Train for ``epochs`` epochs, stopping early after ``patience`` epochs without progress.
+    def fit(self, epochs: int, early_stopping: int | None, scheduler=None) -> list[EpochStats]:
+        """Train for ``epochs`` epochs, stopping after ``early_stopping`` epochs without progress.
 
-        Progress is validation accuracy when validation data was given, else training accuracy.
+        Progress is the validation metric when validation data was given, else the training metric.
         """
         history: list[EpochStats] = []
         best, stale = -math.inf, 0
@@ -158,12 +164,12 @@ class TaskSession:
             history.append(stats)
             if scheduler is not None:
                 scheduler.step()
-            score = stats.val_accuracy if stats.val_accuracy is not None else stats.accuracy
+            score = stats.val_metric if stats.val_metric is not None else stats.metric
             if score > best:
                 best, stale = score, 0
             else:
                 stale += 1
-            if patience is not None and stale >= patience:
+            if early_stopping is not None and stale >= early_stopping:
                 break
         return history
 

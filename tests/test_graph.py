@@ -234,7 +234,7 @@ def test_parameters_held_directly_by_the_network_are_refused():
         def forward(self, x):
             return self.fc(x) * self.scale
 
-    with pytest.raises(eidetic.UnsupportedLayerError, match="Direct"):
+    with pytest.raises(eidetic.UnsupportedLayerError, match=r"Direct holds parameters \['scale'\] directly"):
         Direct().setup(torch.randn(2, 4))
 
 

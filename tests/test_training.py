@@ -52,7 +52,8 @@ def test_report_describes_what_happened():
                             progress=False)
     assert report.task == 0 and report.num_classes == 3
     assert [e.epoch for e in report.epochs] == [1, 2]
-    assert all(e.val_accuracy is not None for e in report.epochs)
+    assert all(e.val_metric is not None for e in report.epochs)
+    assert report.val_metric is not None
     assert 1 <= len(report.prune_steps) <= 2
     assert report.units.keys() == {"fcs.0", "fcs.1"}
     assert {k: report.units[k] + report.free_units[k] for k in report.units} == {"fcs.0": 8, "fcs.1": 5}
@@ -150,6 +151,7 @@ def test_an_exception_or_interrupt_rolls_everything_back(error, at):
     assert all(torch.equal(a, b) for a, b in zip(all_logits(net, fixed), logits))
     assert all(torch.equal(net._eidetic.ownership.owner[k], v) for k, v in owners.items())
     assert len(shared.param_groups) == groups
+    assert shared.state_dict()["state"] == {}  # momentum buffers are back to before the call
     net.train_task(1, data(seed=1), batch_size=8, num_classes=3, optimizer=shared, epochs=1, progress=False)
     assert net.num_tasks == 2
 
@@ -203,10 +205,27 @@ def test_early_stopping_and_scheduler():
         steps.append(sched)
         return sched
 
-    report = net.train_task(0, data(), batch_size=8, num_classes=3, optimizer=adam, epochs=50, patience=1,
+    report = net.train_task(0, data(), batch_size=8, num_classes=3, optimizer=adam, epochs=50, early_stopping=1,
                             scheduler=scheduler, pruning=None, progress=False)
     assert len(report.epochs) < 50
     assert steps and steps[0].last_epoch == len(report.epochs)
+
+
+def test_train_task_leaves_the_mode_as_it_found_it():
+    for pruning in (None, eidetic.Pruning(step=0.5, tolerance=0.99, max_steps=1)):
+        for training in (True, False):
+            net = MLP(SPEC).train(training)
+            net.train_task(0, data(), batch_size=8, num_classes=3, optimizer=adam, epochs=1, pruning=pruning,
+                           progress=False)
+            assert net.training is training
+
+
+def test_pruning_configuration_is_checked():
+    for kwargs, message in [({"method": "l3"}, "choose one of"), ({"step": 0.0}, "fraction in"),
+                            ({"tolerance": 1.0}, "fraction in"), ({"monitor": "test"}, "'train' or 'val'"),
+                            ({"patience": -1}, "non-negative int")]:
+        with pytest.raises(eidetic.TaskError, match=message):
+            eidetic.Pruning(**kwargs)
 
 
 def test_logits_needs_a_trained_task():

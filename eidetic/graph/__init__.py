@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from ..errors import GraphError
+from ..errors import UnsupportedLayerError
 from .layers import LayerSpec, check_supported, input_positions, register_layer, spec_of
 from .probe import measure
 from .table import FEATURES, Slot, UnitGraph, UnitGroup
@@ -47,15 +47,19 @@ def collect_layers(net: nn.Module, exclude: Iterable[nn.Module] = ()) -> dict[st
 
     Raises :class:`~eidetic.errors.UnsupportedLayerError` for a refused or unknown module.
     """
+    direct = [name for name, _ in net.named_parameters(recurse=False)]
+    if direct:
+        raise UnsupportedLayerError(
+            f"{type(net).__name__} holds parameters {direct} directly; eidetic can only give units of "
+            "layers an owner. Put them in a layer (e.g. nn.Linear) or a registered custom layer."
+        )
     skipped = {id(m) for root in exclude for m in root.modules()}
     layers = {}
     for name, module in net.named_modules():
-        if id(module) in skipped:
+        if id(module) in skipped or module is net:
             continue
-        spec = check_supported(name or type(net).__name__, module)
+        spec = check_supported(name, module)
         if spec is not None:
-            if module is net:
-                raise GraphError("a ContinualNetwork must not hold parameters directly; put them in layers")
             layers[name] = (module, spec)
     return layers
 

@@ -14,11 +14,14 @@ Register a custom layer once, before the first ``train_task``::
             self.s = nn.Parameter(torch.ones(n_out))
         def forward(self, x):
             return (x @ self.w) * self.s
+        def reset_parameters(self):                # used to recycle free units
+            nn.init.normal_(self.w, std=self.w.shape[0] ** -0.5)
+            nn.init.ones_(self.s)
 
     eidetic.register_layer(
         Scaled,
-        lambda m: eidetic.LayerSpec(out_tensors=(("w", 1), ("s", 0)), in_tensor="w", in_dim=0,
-                                    out_unit_dim=-1, in_unit_dim=-1),
+        eidetic.LayerSpec(out_tensors=(("w", 1), ("s", 0)), in_tensor="w", in_dim=0,
+                          out_unit_dim=-1, in_unit_dim=-1, score_tensors=("w",)),
     )
 """
 
