@@ -5,7 +5,7 @@ task 0 with pruning so that some units are frozen and some are free, then times 
 (``pruning=None``): one optimizer step inside ``train_task`` (guard, frozen BatchNorm hook,
 metric accumulation, callbacks) against the same step written in plain PyTorch on a copy of
 the architecture with an ``nn.Linear`` head: ``zero_grad(set_to_none=True)``, forward,
-cross-entropy, backward, ``optimizer.step()``, both with Adam.
+cross-entropy, backward, ``optimizer.step()``, both with Adam (``--fused``: fused Adam).
 
 The two loops are interleaved in one run: a callback's ``on_epoch_end`` runs one plain epoch
 after every eidetic epoch, so that both see the same machine state. Both read the same
@@ -17,14 +17,17 @@ work), and the ratios eidetic / plain.
 
 Run::
 
-    python benchmarks/overhead.py                 # about a minute on two CPU cores
-    python benchmarks/overhead.py --steps 100 --epochs 20 --json overhead.json
+    python benchmarks/overhead.py                 # about 40 s on an idle two-core CPU
+    python benchmarks/overhead.py --fused --threads 1 --json overhead.json
+    python benchmarks/overhead.py --models cnn --steps 100 --epochs 20
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import platform
 import statistics
 import time
@@ -86,10 +89,6 @@ class Plain(nn.Module):
         return self.head(self.body(x))
 
 
-def adam(params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=1e-3)
-
-
 def plain_epoch(model: Plain, optimizer: torch.optim.Optimizer, loader: DataLoader) -> list[float]:
     """One epoch of the plain loop; seconds per step, from the end of one step to the next."""
     model.train()
@@ -109,9 +108,8 @@ def plain_epoch(model: Plain, optimizer: torch.optim.Optimizer, loader: DataLoad
 class Interleave(eidetic.Callback):
     """Times eidetic's steps and runs one timed plain epoch after each eidetic epoch."""
 
-    def __init__(self, plain: Plain, loader: DataLoader, warmup: int) -> None:
-        self.plain, self.loader, self.warmup = plain, loader, warmup
-        self.optimizer = adam(list(plain.parameters()))
+    def __init__(self, plain: Plain, optimizer: torch.optim.Optimizer, loader: DataLoader, warmup: int) -> None:
+        self.plain, self.optimizer, self.loader, self.warmup = plain, optimizer, loader, warmup
         self.epoch = 0
         self.steps: dict[str, list[float]] = {"plain": [], "eidetic": []}
         self.epochs: dict[str, list[float]] = {"plain": [], "eidetic": []}
@@ -138,6 +136,8 @@ class Interleave(eidetic.Callback):
 
 @dataclass
 class Result:
+    """Timings of one model (milliseconds per step) and the units task 0 froze per group."""
+
     model: str
     steps: int
     plain_median_ms: float
@@ -164,11 +164,12 @@ def measure(name: str, args: argparse.Namespace) -> Result:
     torch.manual_seed(args.seed)
     net = Continual(build())
     plain = Plain(build(), features)
+    adam = functools.partial(torch.optim.Adam, lr=1e-3, fused=args.fused)
     first = net.train_task(0, random_batches(args, args.seed), num_classes=NUM_CLASSES, optimizer=adam,
                            epochs=1, pruning=eidetic.Pruning(step=args.prune, tolerance=0.99, max_steps=1,
                                                              recovery_epochs=0), progress=False)
     loader = random_batches(args, args.seed + 1)
-    timer = Interleave(plain, loader, args.warmup)
+    timer = Interleave(plain, adam(plain.parameters()), loader, args.warmup)
     net.train_task(1, loader, num_classes=NUM_CLASSES, optimizer=adam, epochs=args.warmup + args.epochs,
                    pruning=None, callbacks=[timer], progress=False)
     medians = {k: statistics.median(v) * 1e3 for k, v in timer.steps.items()}
@@ -196,13 +197,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="steps per epoch (default: 50)")
     parser.add_argument("--epochs", type=int, default=10,
                         help="timed epochs of each loop, after the warm-up (default: 10)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed epochs of each loop first (default: 1)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed epochs of each loop first, at least 1 (default: 1)")
     parser.add_argument("--prune", type=float, default=0.5,
                         help="fraction of units task 0 prunes, left free for task 1 (default: 0.5)")
+    parser.add_argument("--fused", action="store_true", help="use Adam(fused=True) in both loops")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
     args = parser.parse_args()
+    if min(args.batch_size, args.steps, args.epochs, args.warmup, args.threads) < 1:
+        parser.error("--batch-size, --steps, --epochs, --warmup and --threads must be at least 1")
     torch.set_num_threads(args.threads)
 
     results = []
@@ -212,10 +217,10 @@ def main() -> None:
         frozen = ", ".join(f"{k} {v}/{v + result.free_units[k]}" for k, v in result.frozen_units.items())
         print(f"{name}: units frozen by task 0: {frozen}")
     print(f"\nmedian ms per step (epoch: mean over whole epochs), batch {args.batch_size}, "
-          f"{args.threads} thread(s), torch {torch.__version__}")
+          f"{'fused ' if args.fused else ''}Adam, {args.threads} thread(s), torch {torch.__version__}")
     print(table(results))
     if args.json:
-        machine = {"platform": platform.platform(), "processor": platform.processor(),
+        machine = {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
                    "python": platform.python_version(), "torch": torch.__version__, "threads": args.threads}
         settings = {k: v for k, v in vars(args).items() if k != "json"}
         with open(args.json, "w") as f:

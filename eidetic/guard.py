@@ -5,12 +5,13 @@ an earlier task and weight decay (L2 or decoupled) all move a weight whose gradi
 The :class:`Guard` therefore keeps a copy of every frozen slice, taken when its unit was frozen,
 and writes it back after every optimizer step (persistence). Pruned units of the task in
 training are written to zero after every step, together with every weight entry that reads
-them, so that a pruned unit contributes exactly nothing. Gradients of frozen and pruned entries
-are zeroed before the step as well, so that gradient clipping and optimizer statistics see only
-the weights being trained.
+them, so that a pruned unit contributes exactly nothing. When gradients are clipped, the
+gradients of frozen and pruned entries are zeroed first, so that the norm counts only the
+weights being trained; otherwise they are left alone, since whatever the optimizer does with
+them is undone.
 
 The copies cost memory proportional to the frozen slices, and the per-step work is one indexed
-copy per frozen tensor: no per-step synchronisation with the device.
+copy per frozen tensor that the optimizer holds: no per-step synchronisation with the device.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class Guard:
         self.layers, self.graph, self.ownership, self.head = layers, graph, ownership, head
         self.frozen = self._capture(frozen_heads)
         self._by_tensor = {(f.module, f.name): f for f in self.frozen}
+        self._stepped = [f for f in self.frozen if isinstance(f.tensor, nn.Parameter)]
         self.pruned_rows: list[_Rows] = []
         self.pruned_entries: list[_Entries] = []
         self.update_pruned()
@@ -94,6 +96,14 @@ class Guard:
                 idx = torch.arange(tensor.shape[0], device=tensor.device)
                 slices.append(FrozenSlice(f"heads.{k}", tensor_name, tensor, 0, idx, tensor.detach().clone()))
         return slices
+
+    def watch(self, optimizer: torch.optim.Optimizer) -> None:
+        """Restore after each step only the frozen parameters that ``optimizer`` can move.
+
+        BatchNorm statistics are restored by the frozen-norm hook after every forward pass.
+        """
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        self._stepped = [f for f in self.frozen if id(f.tensor) in held]
 
     def frozen_slice(self, module: str, name: str) -> FrozenSlice | None:
         """The frozen slice of ``module.name``, or ``None`` if nothing of it is frozen."""
@@ -125,7 +135,7 @@ class Guard:
 
     @torch.no_grad()
     def zero_grads(self) -> None:
-        """Zero the gradients of frozen and pruned entries (call after ``backward``)."""
+        """Zero the gradients of frozen and pruned entries (before clipping gradients)."""
         for f in self.frozen:
             if isinstance(f.tensor, nn.Parameter) and f.tensor.grad is not None:
                 f.tensor.grad.index_fill_(f.dim, f.index, 0)
@@ -138,9 +148,20 @@ class Guard:
 
     @torch.no_grad()
     def enforce(self) -> None:
-        """Write back frozen slices and zero pruned ones (call after ``optimizer.step()``)."""
+        """After ``optimizer.step()``: write back the frozen slices the optimizer holds, zero the
+        pruned ones."""
+        for f in self._stepped:
+            f.restore()
+        self._zero_pruned()
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Write back every frozen slice (statistics included) and zero the pruned ones."""
         for f in self.frozen:
             f.restore()
+        self._zero_pruned()
+
+    def _zero_pruned(self) -> None:
         for r in self.pruned_rows:
             r.param.index_fill_(r.dim, r.index, 0)
         for e in self.pruned_entries:

@@ -3,9 +3,10 @@
 In training mode BatchNorm normalises with batch statistics and updates its running
 statistics. A frozen channel must do neither: it must compute exactly what it computes in
 evaluation mode. :class:`FrozenNorms` adds a forward hook to every BatchNorm layer that, in
-training mode, puts the frozen running statistics back and replaces the frozen channels of the
-output by the evaluation-mode result (the same kernel call that evaluation mode makes, so both
-modes agree bit for bit, and the affine transform is applied once).
+training mode, puts the frozen running statistics back and overwrites the frozen channels of the
+output with the evaluation-mode kernel's result on those channels (it computes each channel on
+its own, so both modes agree bit for bit, and the affine transform is applied once). The cost
+is proportional to the frozen channels.
 """
 
 from __future__ import annotations
@@ -24,13 +25,20 @@ def _frozen_batchnorm_hook(module: nn.Module, args, output):
     state = module.__dict__.get(_ATTR)
     if state is None or not module.training:
         return None
-    mean, var, mask = state
+    mean, var, weight, bias = state
     mean.restore()
     var.restore()
-    x = args[0]
-    frozen = F.batch_norm(x, module.running_mean, module.running_var, module.weight, module.bias,
-                          False, 0.0, module.eps)
-    return torch.where(mask.view(1, -1, *([1] * (x.dim() - 2))), frozen, output)
+    # The frozen channels alone, through the evaluation-mode kernel: per channel, exactly what
+    # evaluation mode computes. The values are written behind autograd's back (``.data``): the
+    # backward pass of the frozen channels is that of batch statistics, which is wrong but
+    # harmless, since every path back from a frozen channel reaches only frozen weights (whose
+    # updates the guard undoes) or cut weights (exactly zero, so nothing reaches a free unit).
+    index = mean.index
+    with torch.no_grad():
+        frozen = F.batch_norm(args[0].index_select(1, index), mean.values, var.values, weight, bias,
+                              False, 0.0, module.eps)
+    output.data.index_copy_(1, index, frozen)
+    return None
 
 
 class FrozenNorms:
@@ -51,10 +59,10 @@ class FrozenNorms:
             mean = guard.frozen_slice(name, "running_mean")
             if mean is None:
                 module.__dict__.pop(_ATTR, None)
-                continue
-            mask = torch.zeros(module.num_features, dtype=torch.bool, device=mean.tensor.device)
-            mask[mean.index] = True
-            module.__dict__[_ATTR] = (mean, guard.frozen_slice(name, "running_var"), mask)
+            else:
+                affine = [guard.frozen_slice(name, n) if module.affine else None for n in ("weight", "bias")]
+                module.__dict__[_ATTR] = (mean, guard.frozen_slice(name, "running_var"),
+                                          *(None if a is None else a.values for a in affine))
 
     def remove(self) -> None:
         """Remove the hooks and their state."""

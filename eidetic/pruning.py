@@ -118,7 +118,7 @@ def prune_until(session: TaskSession, layers, graph: UnitGraph, ownership: Owner
             log.info("task %d: a pruning step of %.4g rounds to zero units; stopping", session.task, fraction)
             break
         session.guard.update_pruned()
-        session.guard.enforce()
+        session.guard.restore()
         metric, epochs = session.monitored(config.monitor), 0
         while metric < floor and epochs < config.recovery_epochs:
             session.train_epoch()

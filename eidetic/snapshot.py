@@ -61,4 +61,4 @@ class Snapshot:
                 tensor.data.index_copy_(dim, index, buffer)
         self.ownership.restore(self._marks)
         self.guard.update_pruned()
-        self.guard.enforce()
+        self.guard.restore()

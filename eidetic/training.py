@@ -73,6 +73,9 @@ class TaskSession:
     progress: bool = True
     epochs_run: int = field(default=0, init=False)
 
+    def __post_init__(self) -> None:
+        self.guard.watch(self.optimizer)
+
     @property
     def device(self) -> torch.device:
         return self.head.weight.device
@@ -100,8 +103,8 @@ class TaskSession:
         logits = self.logits(x)
         loss = self.loss_fn(logits, y)
         loss.backward()
-        self.guard.zero_grads()
         if self.clip_grad_norm is not None:
+            self.guard.zero_grads()
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
         self.optimizer.step()
@@ -181,7 +184,8 @@ class TaskSession:
         self.head.eval()
         total, samples = torch.zeros((), device=self.device), 0
         for x, y in batches(loader, self.device, name):
-            self._check(x, y)
+            if samples == 0:
+                self._check(x, y)
             total += self.metric(self.logits(x), y) * len(x)
             samples += len(x)
         self.body.train(was_training)
