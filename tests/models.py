@@ -45,12 +45,15 @@ class MLP(eidetic.ContinualNetwork):
 class CNN(eidetic.ContinualNetwork):
     """Convolutions with BatchNorm (plain, grouped or depthwise), pooling, flatten into Linear.
 
-    ``spec``: channels_in, size, layers (list of (channels, groups_kind)), pool, features.
+    ``spec``: dims (1 or 2, default 2), channels_in, size, layers (list of (channels,
+    groups_kind)), bn, pool, features.
     """
 
     def __init__(self, spec: dict) -> None:
         super().__init__()
         self.spec = spec
+        dims = spec.get("dims", 2)
+        conv_type, bn_type = (nn.Conv1d, nn.BatchNorm1d) if dims == 1 else (nn.Conv2d, nn.BatchNorm2d)
         convs, bns = [], []
         c = spec["channels_in"]
         for out, kind in spec["layers"]:
@@ -60,18 +63,18 @@ class CNN(eidetic.ContinualNetwork):
                 groups = 2
             else:
                 groups = 1
-            convs.append(nn.Conv2d(c, out, 3, padding=1, groups=groups, bias=not spec["bn"]))
-            bns.append(nn.BatchNorm2d(out) if spec["bn"] else nn.Identity())
+            convs.append(conv_type(c, out, 3, padding=1, groups=groups, bias=not spec["bn"]))
+            bns.append(bn_type(out) if spec["bn"] else nn.Identity())
             c = out
         self.convs, self.bns = nn.ModuleList(convs), nn.ModuleList(bns)
         side = spec["size"] // 2 if spec["pool"] else spec["size"]
-        self.fc = nn.Linear(c * side * side, spec["features"])
+        self.fc = nn.Linear(c * side**dims, spec["features"])
 
     def forward(self, x):
         for conv, bn in zip(self.convs, self.bns):
             x = F.relu(bn(conv(x)))
         if self.spec["pool"]:
-            x = F.max_pool2d(x, 2)
+            x = F.max_pool1d(x, 2) if self.spec.get("dims", 2) == 1 else F.max_pool2d(x, 2)
         return F.relu(self.fc(x.flatten(1)))
 
 
@@ -160,4 +163,4 @@ def input_shape(family: type, spec: dict) -> tuple[int, ...]:
         return (spec["in"],)
     channels = spec.get("channels_in", spec.get("in"))
     size = spec.get("size", 6)
-    return (channels, size, size)
+    return (channels, size) if spec.get("dims", 2) == 1 else (channels, size, size)

@@ -30,6 +30,7 @@ def cnn_specs(draw) -> dict:
     layers = draw(st.lists(st.tuples(st.integers(2, 6), st.sampled_from(["plain", "grouped", "depthwise"])),
                            min_size=1, max_size=3))
     return {
+        "dims": draw(st.sampled_from([1, 2])),
         "channels_in": draw(st.integers(1, 3)),
         "size": draw(st.sampled_from([4, 6])),
         "layers": layers,

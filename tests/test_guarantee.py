@@ -61,6 +61,7 @@ def test_mlp_never_forgets(spec, optimizer, plans, seed):
 
 @given(spec=cnn_specs(), optimizer=optimizers(), plans=runs, seed=seeds)
 def test_cnn_with_batchnorm_never_forgets(spec, optimizer, plans, seed):
+    """Conv1d and Conv2d, plain, grouped and depthwise, with BatchNorm1d/2d."""
     run_and_check(CNN, spec, optimizer, plans, seed)
 
 
