@@ -8,22 +8,33 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+import eidetic.graph.layers
+import eidetic.scoring
+
 settings.register_profile(
     "default",
-    max_examples=50,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     derandomize=False,
 )
 settings.register_profile(
     "deep",
-    max_examples=1000,
+    max_examples=2000,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 torch.set_num_threads(1)  # tiny models run fastest on one thread
+
+
+@pytest.fixture
+def isolated_registries(monkeypatch):
+    """Let a test register layers and importance methods without leaking them to other tests."""
+    monkeypatch.setattr(eidetic.graph.layers, "_REGISTRY", dict(eidetic.graph.layers._REGISTRY))
+    monkeypatch.setattr(eidetic.scoring, "_IMPORTANCE", dict(eidetic.scoring._IMPORTANCE))

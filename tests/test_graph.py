@@ -284,7 +284,7 @@ class Scaled(nn.Module):
             self.s.fill_(1.0)
 
 
-def test_a_registered_custom_layer_is_mapped_and_never_forgets():
+def test_a_registered_custom_layer_is_mapped_and_never_forgets(isolated_registries):
     eidetic.register_layer(Scaled, eidetic.LayerSpec(out_tensors=(("w", 1), ("s", 0)), in_tensor="w", in_dim=0,
                                                      out_unit_dim=-1, in_unit_dim=-1, score_tensors=("w",)))
 
