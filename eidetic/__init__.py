@@ -4,6 +4,7 @@ Subclass :class:`ContinualNetwork`, call :meth:`~ContinualNetwork.train_task` on
 and every earlier task's outputs stay bitwise identical.
 """
 
+from .capacity import Capacity, LayerCapacity
 from .errors import (
     CheckpointError,
     EideticError,
@@ -16,7 +17,7 @@ from .graph import LayerSpec, UnitGraph, register_layer
 from .network import ContinualNetwork
 from .ownership import FREE
 from .pruning import Pruning
-from .report import Capacity, EpochStats, LayerCapacity, PruneStep, TaskReport
+from .report import EpochStats, PruneStep, TaskReport
 from .scoring import ScoringContext, register_importance
 from .training import Callback
 

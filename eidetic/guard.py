@@ -21,11 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .graph import UnitGraph
+from .graph import Layers, UnitGraph
 from .ownership import Ownership
 from .slices import head_columns, in_mask, out_positions, weight_entries
-
-Layers = dict[str, tuple[nn.Module, "object"]]
 
 
 @dataclass

@@ -19,16 +19,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import phases
+from .capacity import Capacity, measure_capacity
 from .data import as_loader, first_inputs
 from .errors import CheckpointError, GraphError, TaskError
-from .graph import FEATURES, UnitGraph, collect_layers, discover, validate
+from .graph import UnitGraph, collect_layers, discover, validate
 from .guard import Guard
 from .heads import TaskHeads
 from .norm import FrozenNorms
-from .ownership import FREE, Ownership
+from .ownership import Ownership
 from .pruning import Pruning, prune_until
-from .report import Capacity, LayerCapacity, PruneStep, TaskReport
-from .slices import input_positions, out_mask
+from .report import PruneStep, TaskReport
 from .snapshot import Snapshot
 from .training import Callback, Loss, Metric, TaskSession, accuracy
 
@@ -335,44 +335,8 @@ class ContinualNetwork(nn.Module):
             print(net.capacity())
         """
         state = self._eidetic
-        graph = self._require_graph()
-        layers = []
-        tasks = range(state.frozen_tasks)
-        for group in graph:
-            owner = state.ownership.owner[group.key]
-            reused = {}
-            for t in tasks:
-                read = self._units_read_by(group, t)
-                count = int((read & (owner != FREE) & (owner < t)).sum())
-                if count:
-                    reused[t] = count
-            layers.append(LayerCapacity(group.key, group.modules, group.size,
-                                        int((owner == FREE).sum()), state.ownership.counts(group.key), reused))
-        return Capacity(layers)
-
-    def _units_read_by(self, group, task: int) -> torch.Tensor:
-        state = self._eidetic
-        owned = {k: v == task for k, v in state.ownership.owner.items()}
-        read = torch.zeros(group.size, dtype=torch.bool)
-        for slot in group.ins:
-            if slot.module == FEATURES:
-                if task < len(self.heads):
-                    nonzero = (self.heads[task].weight != 0).any(dim=0).cpu()
-                    read[slot.units[nonzero[slot.index]]] = True
-                continue
-            module, spec = state.layers[slot.module]
-            weight = getattr(module, spec.in_tensor)
-            row_dim = spec.out_dim_of(spec.in_tensor)
-            rows = out_mask(state.graph, slot.module, owned, weight.shape[row_dim]).to(weight.device)
-            nonzero = (weight != 0).movedim((row_dim, spec.in_dim), (0, 1))
-            nonzero = nonzero.reshape(*nonzero.shape[:2], -1).any(dim=2)
-            nonzero = (nonzero & rows[:, None]).cpu()
-            positions = input_positions(module, spec).expand_as(nonzero)
-            size = weight.shape[spec.in_dim] * spec.groups
-            by_position = torch.zeros(size, dtype=torch.bool)
-            by_position[positions[nonzero]] = True
-            read[slot.units[by_position[slot.index]]] = True
-        return read
+        heads = list(self.heads)[: state.frozen_tasks]
+        return measure_capacity(state.layers, self._require_graph(), state.ownership, heads)
 
     # ------------------------------------------------------------------ persistence
 

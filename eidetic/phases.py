@@ -16,13 +16,12 @@ import logging
 import torch
 from torch import nn
 
-from .graph import UnitGraph
+from .graph import Layers, UnitGraph
 from .ownership import Ownership
 from .slices import head_columns, in_mask, out_mask, out_positions, weight_entries
 
 log = logging.getLogger("eidetic")
 
-Layers = dict[str, tuple[nn.Module, object]]
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Plain result objects: what a task's training did, and how the capacity is used."""
+"""Plain result objects: what a task's training did."""
 
 from __future__ import annotations
 
@@ -74,54 +74,3 @@ class TaskReport:
         parts.append(f"{accepted}/{len(self.prune_steps)} pruning step(s) kept")
         parts.append(f"{kept} units frozen, {free} free")
         return ", ".join(parts)
-
-
-@dataclass
-class LayerCapacity:
-    """Use of one unit group.
-
-    Attributes:
-        group: the group key (its anchor layer).
-        modules: the layers that produce the group's units.
-        total: number of units.
-        free: units no task owns.
-        owned: ``{task: units it owns}``.
-        reused: ``{task: units of earlier tasks that the task's own units (or head) read}``.
-    """
-
-    group: str
-    modules: list[str]
-    total: int
-    free: int
-    owned: dict[int, int]
-    reused: dict[int, int]
-
-
-@dataclass
-class Capacity:
-    """Per-layer capacity of a ContinualNetwork (see :meth:`ContinualNetwork.capacity`)."""
-
-    layers: list[LayerCapacity]
-
-    def __getitem__(self, group: str) -> LayerCapacity:
-        for layer in self.layers:
-            if layer.group == group:
-                return layer
-        raise KeyError(group)
-
-    def to_dict(self) -> dict:
-        """A JSON-serialisable dictionary."""
-        return asdict(self)
-
-    def __str__(self) -> str:
-        tasks = sorted({t for layer in self.layers for t in layer.owned})
-        header = ["layer", "units", "free"] + [f"task {t}" for t in tasks]
-        rows = [header]
-        for layer in self.layers:
-            cells = [layer.group, str(layer.total), str(layer.free)]
-            for t in tasks:
-                owned, reused = layer.owned.get(t, 0), layer.reused.get(t, 0)
-                cells.append(f"{owned} (+{reused} reused)" if reused else str(owned))
-            rows.append(cells)
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

@@ -24,9 +24,7 @@ import torch
 from torch import nn
 
 from .errors import TaskError
-from .graph import UnitGraph
-
-Layers = dict[str, tuple[nn.Module, object]]
+from .graph import Layers, UnitGraph
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedLayerError
-from .layers import LayerSpec, check_supported, input_positions, register_layer, spec_of
+from .layers import Layers, LayerSpec, check_supported, input_positions, register_layer, spec_of
 from .probe import measure
 from .table import FEATURES, Slot, UnitGraph, UnitGroup
 from .tracer import propose
@@ -25,6 +25,7 @@ from .validate import compare
 __all__ = [
     "FEATURES",
     "LayerSpec",
+    "Layers",
     "Slot",
     "UnitGraph",
     "UnitGroup",
@@ -42,7 +43,7 @@ log = logging.getLogger("eidetic")
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-def collect_layers(net: nn.Module, exclude: Iterable[nn.Module] = ()) -> dict[str, tuple[nn.Module, LayerSpec]]:
+def collect_layers(net: nn.Module, exclude: Iterable[nn.Module] = ()) -> Layers:
     """Every layer under ``net`` (outside ``exclude``) with its spec, in module order.
 
     Raises :class:`~eidetic.errors.UnsupportedLayerError` for a refused or unknown module.

@@ -37,6 +37,7 @@ from ..errors import UnsupportedLayerError
 
 __all__ = [
     "LayerSpec",
+    "Layers",
     "broadcast_rows_cols",
     "check_supported",
     "input_positions",
@@ -90,6 +91,7 @@ class LayerSpec:
 
 
 SpecFn = Callable[[nn.Module], LayerSpec]
+Layers = dict[str, tuple[nn.Module, LayerSpec]]  # {module name: (module, spec)}, in module order
 _REGISTRY: dict[type, SpecFn] = {}
 
 

@@ -19,13 +19,11 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
 from ..errors import GraphError, UnsupportedLayerError
-from .layers import LayerSpec
+from .layers import Layers
 from .table import FEATURES, UnitGraph
 
-Layers = dict[str, tuple[nn.Module, LayerSpec]]
 Node = tuple[str, str, int]  # (role, module, position)
 
 

@@ -8,19 +8,14 @@ identities and ``root_idxs`` are not a stable API.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections import defaultdict
 
 import torch
 from torch import nn
 
-from .layers import LayerSpec, spec_of
+from .layers import Layers, spec_of
 from .table import FEATURES, UnitGraph
-
-log = logging.getLogger("eidetic")
-
-Layers = dict[str, tuple[nn.Module, LayerSpec]]
 
 
 class _Features(nn.Module):
@@ -36,7 +31,7 @@ class _Features(nn.Module):
         return self.readout(self._forward(x).flatten(1))
 
 
-def _spec_pruner(spec_fn):
+def _spec_pruner():
     from torch_pruning.pruner.function import BasePruningFunc
 
     class SpecPruner(BasePruningFunc):
@@ -48,11 +43,11 @@ def _spec_pruner(spec_fn):
         prune_in_channels = prune_out_channels
 
         def get_out_channels(self, layer):
-            name, dim = spec_fn(layer).out_tensors[0]
+            name, dim = spec_of(layer).out_tensors[0]
             return getattr(layer, name).shape[dim]
 
         def get_in_channels(self, layer):
-            spec = spec_fn(layer)
+            spec = spec_of(layer)
             if spec.in_tensor is None:
                 return None
             return getattr(layer, spec.in_tensor).shape[spec.in_dim] * spec.groups
@@ -68,14 +63,14 @@ def propose(net: nn.Module, forward, layers: Layers, example: torch.Tensor, feat
     import torch_pruning as tp
 
     wrapper = _Features(net, forward, feature_dim)
-    wrapper.to(device=example.device)
+    wrapper.readout.to(device=example.device)
     names = {module: name for name, (module, _) in layers.items()}
     names[wrapper.readout] = FEATURES
     x = example.detach().clone()
     if x.is_floating_point():
         x.requires_grad_(True)  # otherwise frozen leading layers drop out of the trace
     unknown = {type(m) for m, _ in layers.values() if tp.ops.module2type(m) == tp.ops.OPTYPE.ELEMENTWISE}
-    pruners = {t: _spec_pruner(spec_of) for t in unknown}
+    pruners = {t: _spec_pruner() for t in unknown}
     with warnings.catch_warnings(), torch.enable_grad():
         warnings.simplefilter("ignore")
         graph = tp.DependencyGraph().build_dependency(

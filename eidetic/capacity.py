@@ -1,0 +1,106 @@
+"""Capacity diagnostics (as in CLNP): how the units of each layer are used by the tasks.
+
+For every unit group: units in total, free units, units owned by each task, and units *reused*
+by each task: units of earlier tasks that the task's own units (or its head) read through
+non-zero weights, i.e. forward transfer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .graph import FEATURES, Layers, UnitGraph, UnitGroup, input_positions
+from .ownership import FREE, Ownership
+from .slices import out_mask
+
+
+@dataclass
+class LayerCapacity:
+    """Use of one unit group.
+
+    Attributes:
+        group: the group key (its anchor layer).
+        modules: the layers that produce the group's units.
+        total: number of units.
+        free: units no task owns.
+        owned: ``{task: units it owns}``.
+        reused: ``{task: units of earlier tasks that the task's own units (or head) read}``.
+    """
+
+    group: str
+    modules: list[str]
+    total: int
+    free: int
+    owned: dict[int, int]
+    reused: dict[int, int]
+
+
+@dataclass
+class Capacity:
+    """Per-layer capacity of a ContinualNetwork (see :meth:`ContinualNetwork.capacity`)."""
+
+    layers: list[LayerCapacity]
+
+    def __getitem__(self, group: str) -> LayerCapacity:
+        for layer in self.layers:
+            if layer.group == group:
+                return layer
+        raise KeyError(group)
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dictionary."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        tasks = sorted({t for layer in self.layers for t in layer.owned})
+        header = ["layer", "units", "free"] + [f"task {t}" for t in tasks]
+        rows = [header]
+        for layer in self.layers:
+            cells = [layer.group, str(layer.total), str(layer.free)]
+            for t in tasks:
+                owned, reused = layer.owned.get(t, 0), layer.reused.get(t, 0)
+                cells.append(f"{owned} (+{reused} reused)" if reused else str(owned))
+            rows.append(cells)
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def measure_capacity(layers: Layers, graph: UnitGraph, ownership: Ownership, heads: list[nn.Linear]) -> Capacity:
+    """The :class:`Capacity` of a network whose finished tasks have the given ``heads``."""
+    result = []
+    for group in graph:
+        owner = ownership.owner[group.key]
+        reused = {}
+        for task in range(len(heads)):
+            read = _units_read_by(layers, graph, ownership, heads, group, task)
+            count = int((read & (owner != FREE) & (owner < task)).sum())
+            if count:
+                reused[task] = count
+        result.append(LayerCapacity(group.key, group.modules, group.size, int((owner == FREE).sum()),
+                                    ownership.counts(group.key), reused))
+    return Capacity(result)
+
+
+def _units_read_by(layers: Layers, graph: UnitGraph, ownership: Ownership, heads: list[nn.Linear],
+                   group: UnitGroup, task: int) -> torch.Tensor:
+    """Units of ``group`` read through a non-zero weight by ``task``'s own rows or head."""
+    owned = {k: v == task for k, v in ownership.owner.items()}
+    read = torch.zeros(group.size, dtype=torch.bool)
+    for slot in group.ins:
+        if slot.module == FEATURES:
+            nonzero = (heads[task].weight != 0).any(dim=0).cpu()
+            read[slot.units[nonzero[slot.index]]] = True
+            continue
+        module, spec = layers[slot.module]
+        weight = getattr(module, spec.in_tensor)
+        row_dim = spec.out_dim_of(spec.in_tensor)
+        rows = out_mask(graph, slot.module, owned, weight.shape[row_dim]).to(weight.device)
+        nonzero = (weight != 0).movedim((row_dim, spec.in_dim), (0, 1))
+        nonzero = (nonzero.reshape(*nonzero.shape[:2], -1).any(dim=2) & rows[:, None]).cpu()
+        by_position = torch.zeros(weight.shape[spec.in_dim] * spec.groups, dtype=torch.bool)
+        by_position[input_positions(module, spec).expand_as(nonzero)[nonzero]] = True
+        read[slot.units[by_position[slot.index]]] = True
+    return read
