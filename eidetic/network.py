@@ -22,7 +22,7 @@ from . import phases
 from .capacity import Capacity, measure_capacity
 from .data import as_loader, first_inputs
 from .errors import CheckpointError, GraphError, TaskError
-from .graph import UnitGraph, collect_layers, discover, validate
+from .graph import UnitGraph, discover, validate
 from .guard import Guard
 from .heads import TaskHeads
 from .norm import FrozenNorms
@@ -121,7 +121,8 @@ class ContinualNetwork(nn.Module):
         example = example.detach()[:2].to(self._device())
         graph = discover(self, self.forward, example, exclude=[self.heads])
         state.graph = graph
-        state.layers = {n: lm for n, lm in collect_layers(self, [self.heads]).items() if n in graph.layers}
+        modules = dict(self.named_modules())
+        state.layers = {name: (modules[name], spec) for name, spec in graph.layers.items()}
         state.ownership = Ownership(graph)
         state.input_shape = tuple(example.shape[1:])
         state.input_dtype = example.dtype
@@ -130,7 +131,13 @@ class ContinualNetwork(nn.Module):
 
     def validate_graph(self, example: torch.Tensor | None = None) -> None:
         """Re-measure the couplings by perturbation and raise :class:`GraphError` if the unit
-        table disagrees (it lists every difference)."""
+        table disagrees (it lists every difference).
+
+        Example::
+
+            net.validate_graph()                        # silent when the table is right
+            net.validate_graph(next(iter(loader))[0])   # probe with real inputs
+        """
         graph = self._require_graph()
         example = self._example() if example is None else example.detach()[:2].to(self._device())
         problems = validate(self, self.forward, example, graph, exclude=[self.heads])
@@ -413,8 +420,8 @@ class ContinualNetwork(nn.Module):
         return _synthetic_example(state.input_shape, state.input_dtype, self._device())
 
     def _check_new_task(self, task) -> None:
-        if not isinstance(task, int) or isinstance(task, bool):
-            raise TaskError(f"task must be an int, got {task!r}")
+        if not isinstance(task, int) or isinstance(task, bool) or task < 0:
+            raise TaskError(f"task must be a non-negative int, got {task!r}")
         if self.open_task is not None:
             raise TaskError(f"task {self.open_task} is still open: call freeze({self.open_task}) and "
                             "recycle() before training another task")

@@ -3,6 +3,7 @@ bitwise identically, and continues training exactly as the original does."""
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -80,3 +81,18 @@ def test_an_untrained_checkpoint_loads_into_a_fresh_network():
     fresh = MLP({"in": 4, "widths": [5], "bn": False, "act": "relu"})
     fresh.load_state_dict(net.state_dict())
     assert fresh.graph is None
+
+
+def test_a_deep_copy_trains_on_without_touching_the_original():
+    torch.manual_seed(0)
+    net = CNN({"channels_in": 1, "size": 4, "layers": [(4, "plain")], "bn": True, "pool": False, "features": 5})
+    data = TensorDataset(torch.randn(32, 1, 4, 4), torch.randint(0, 2, (32,)))
+    make = lambda p: torch.optim.Adam(p, lr=0.1, weight_decay=0.1)  # noqa: E731
+    net.train_task(0, data, batch_size=8, num_classes=2, optimizer=make, epochs=1, progress=False,
+                   pruning=eidetic.Pruning(step=0.5, tolerance=0.99, max_steps=1))
+    clone = copy.deepcopy(net)
+    x = torch.randn(5, 1, 4, 4)
+    before = all_logits(net, x)
+    clone.train_task(1, data, batch_size=8, num_classes=2, optimizer=make, epochs=2, progress=False)
+    assert torch.equal(all_logits(clone, x)[0], before[0])
+    assert net.num_tasks == 1 and torch.equal(all_logits(net, x)[0], before[0])

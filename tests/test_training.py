@@ -68,8 +68,10 @@ def test_tasks_are_trained_in_order_and_only_once():
         net.train_task(0, data(), batch_size=8, num_classes=3, optimizer=adam, epochs=1)
     with pytest.raises(eidetic.TaskError, match="next task is 1, not 3"):
         net.train_task(3, data(), batch_size=8, num_classes=3, optimizer=adam, epochs=1)
-    with pytest.raises(eidetic.TaskError, match="task must be an int"):
+    with pytest.raises(eidetic.TaskError, match="task must be a non-negative int"):
         net.train_task("1", data(), batch_size=8, num_classes=3, optimizer=adam, epochs=1)
+    with pytest.raises(eidetic.TaskError, match="task must be a non-negative int"):
+        net.train_task(-1, data(), batch_size=8, num_classes=3, optimizer=adam, epochs=1)
 
 
 @pytest.mark.parametrize(
