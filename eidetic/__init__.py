@@ -13,11 +13,13 @@ from .errors import (
     TaskError,
     UnsupportedLayerError,
 )
+from .evaluation import Evaluation, Results, Task, TaskEvaluation, evaluate, run_tasks
 from .graph import LayerSpec, UnitGraph, register_layer
 from .network import ContinualNetwork
 from .ownership import FREE
 from .pruning import Pruning
 from .report import EpochStats, PruneStep, TaskReport
+from .routing import ConfidenceRouter, FeatureStatsRouter, LearnedRouter, Prediction
 from .scoring import ScoringContext, register_importance
 from .training import Callback
 
@@ -26,6 +28,16 @@ __version__ = "0.1.0"
 __all__ = [
     "FREE",
     "Callback",
+    "ConfidenceRouter",
+    "Evaluation",
+    "FeatureStatsRouter",
+    "LearnedRouter",
+    "Prediction",
+    "Results",
+    "Task",
+    "TaskEvaluation",
+    "evaluate",
+    "run_tasks",
     "Capacity",
     "CheckpointError",
     "ContinualNetwork",

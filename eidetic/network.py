@@ -20,15 +20,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import phases
 from .capacity import Capacity, measure_capacity
-from .data import as_loader, first_inputs
+from .data import as_loader, batches, first_inputs
 from .errors import CheckpointError, GraphError, TaskError
 from .graph import UnitGraph, discover, validate
 from .guard import Guard
 from .heads import TaskHeads
+from .memory import Reservoir
 from .norm import FrozenNorms
 from .ownership import Ownership
 from .pruning import Pruning, prune_until
 from .report import PruneStep, TaskReport
+from .routing import ClassMoments, Prediction, Routers, route
+from .slices import head_columns
 from .snapshot import Snapshot
 from .training import Callback, Loss, Metric, TaskSession, accuracy
 
@@ -50,6 +53,7 @@ class _State:
         self.input_dtype: torch.dtype = torch.float32
         self.frozen_tasks = 0
         self.norms: FrozenNorms | None = None
+        self.routers = Routers()
 
 
 class ContinualNetwork(nn.Module):
@@ -159,6 +163,73 @@ class ContinualNetwork(nn.Module):
             raise TaskError(f"task {task!r} has no head; trained tasks are 0..{len(self.heads) - 1}")
         return self.heads[task](self(x).flatten(1))
 
+    def predict(self, x: torch.Tensor, router=None) -> Prediction:
+        """Predict the task and the class of every input, with no task id: one pass of the body,
+        every finished task's head, and a router that picks the task.
+
+        Args:
+            x: a batch of inputs.
+            router: ``None`` (the learned router if fitted for every task, else the statistics
+                router), ``"learned"``, ``"statistics"``, ``"confidence"`` (maximum softmax),
+                ``"entropy"``, ``"energy"``, or any object with ``scores(features, logits)``.
+
+        Example::
+
+            net.eval()
+            with torch.no_grad():
+                p = net.predict(x)
+            p.task, p.label            # the task each input was routed to, and its class there
+        """
+        tasks = self._eidetic.frozen_tasks
+        if tasks == 0:
+            raise TaskError("predict() needs at least one finished task")
+        features = self(x).flatten(1)
+        logits = [self.heads[k](features) for k in range(tasks)]
+        scores = self._eidetic.routers.choose(router, tasks).scores(features, logits)
+        return route(scores, logits)
+
+    def fit_router(self, data: Sequence[Data] | None = None, *, batch_size: int | None = None,
+                   steps: int = 60, lr: float = 0.05) -> None:
+        """Fit the learned router (a task classifier on the features) with task ids as labels.
+
+        Fitting changes no head and no unit: only the router's own weights.
+
+        Args:
+            data: one dataset or loader per finished task (inputs, or ``(inputs, targets)``
+                batches); ``None`` uses the exemplars ``train_task`` kept (``memory=``).
+            batch_size: batch size for Dataset arguments.
+            steps, lr: full-batch Adam steps and learning rate.
+
+        Example::
+
+            net.fit_router()                          # on the exemplar memory
+            net.fit_router([task0_data, task1_data], batch_size=256)
+        """
+        state = self._eidetic
+        tasks = state.frozen_tasks
+        if data is None:
+            if len(state.routers.memory) < tasks or not state.routers.memory.complete():
+                raise TaskError("there are no exemplars of every task to fit the router on: train with "
+                                "memory=k > 0, or pass data=[...] (one dataset per task)")
+            inputs = [state.routers.memory.inputs[k] for k in range(tasks)]
+            data = [torch.utils.data.TensorDataset(x, torch.zeros(len(x))) for x in inputs]
+            batch_size = batch_size or 256
+        if len(data) != tasks:
+            raise TaskError(f"fit_router needs one dataset per finished task ({tasks}), got {len(data)}")
+        features, labels = [], []
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            for k, d in enumerate(data):
+                loader = as_loader(d, batch_size, shuffle=False, name=f"data[{k}]")
+                for x, _ in batches(loader, self._device(), f"data[{k}]"):
+                    features.append(self(x).flatten(1))
+                    labels.append(torch.full((len(x),), k, dtype=torch.long, device=x.device))
+        self.train(was_training)
+        state.routers.learned.steps, state.routers.learned.lr = steps, lr
+        frozen = head_columns(state.graph, state.ownership.masks("frozen"))
+        state.routers.learned.fit(torch.cat(features), torch.cat(labels), tasks, frozen)
+
     # ------------------------------------------------------------------ training
 
     def train_task(
@@ -178,6 +249,7 @@ class ContinualNetwork(nn.Module):
         early_stopping: int | None = None,
         clip_grad_norm: float | None = None,
         finish: bool = True,
+        memory: int = 20,
         callbacks: Sequence[Callback] = (),
         progress: bool = True,
     ) -> TaskReport:
@@ -205,6 +277,8 @@ class ContinualNetwork(nn.Module):
             clip_grad_norm: clip the gradient norm of the trained weights to this value.
             finish: freeze and recycle at the end (``False`` leaves the task open, so that
                 :meth:`prune_until`, :meth:`freeze` and :meth:`recycle` can be called by hand).
+            memory: exemplars of the task to keep for fitting the learned router (0: none). The
+                statistics router's feature statistics are recorded in any case.
             callbacks: :class:`Callback` objects.
             progress: show progress bars (on a terminal).
 
@@ -221,6 +295,7 @@ class ContinualNetwork(nn.Module):
         self._check_new_task(task)
         _check_int("num_classes", num_classes, 1)
         _check_int("epochs", epochs, 0)
+        _check_int("memory", memory, 0)
         if early_stopping is not None:
             _check_int("early_stopping", early_stopping, 1)
         if pruning is not None and not isinstance(pruning, Pruning):
@@ -248,7 +323,7 @@ class ContinualNetwork(nn.Module):
             if val_loader is not None:
                 report.val_metric = session.evaluate(val_loader, "val_data")
             if finish:
-                report.units = self.freeze(task)
+                report.units = self.freeze(task, train_loader, memory=memory)
                 self.recycle()
             report.free_units = self._eidetic.ownership.free_counts()
         report.seconds["total"] = time.perf_counter() - start
@@ -299,23 +374,51 @@ class ContinualNetwork(nn.Module):
                                    self._eidetic.ownership, pruning)
         return steps
 
-    def freeze(self, task: int) -> dict[str, int]:
+    def freeze(self, task: int, data: Data | None = None, *, batch_size: int | None = None,
+               memory: int = 20) -> dict[str, int]:
         """Freeze the open task: its alive units and its head become constant forever, and their
         weights reading free units are cut to zero. Returns units frozen per group.
 
+        With ``data`` (the task's training data), also record what the routers need: the
+        task's feature statistics and ``memory`` exemplars, and refit the learned router
+        (``train_task`` does this for you).
+
         Example::
 
-            frozen = net.freeze(0)   # {"fc1": 37, "fc2": 52}
+            frozen = net.freeze(0, train_loader)   # {"fc1": 37, "fc2": 52}
         """
         if task != self.open_task:
             raise TaskError(f"task {task} is not open; freeze() applies to the task left open by "
                             "train_task(..., finish=False)")
+        _check_int("memory", memory, 0)
+        loader = None if data is None else as_loader(data, batch_size, shuffle=False, name="data")
         state = self._eidetic
         counts = phases.freeze(state.layers, state.graph, state.ownership, task, self.heads[task])
         self.heads.freeze(task)
         state.frozen_tasks += 1
         self._make_guard()
+        if loader is not None:
+            self._remember(task, loader, memory)
         return counts
+
+    def _remember(self, task: int, loader: DataLoader, memory: int) -> None:
+        """One pass over the task's data: class moments of its features, and exemplars."""
+        state = self._eidetic
+        frozen = head_columns(state.graph, state.ownership.masks("frozen"))
+        num_classes = self.heads[task].out_features
+        moments = ClassMoments(num_classes, state.graph.feature_dim, self._device())
+        reservoir = Reservoir(memory)
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            for x, y in batches(loader, self._device(), "train_data"):
+                moments.add(self(x).flatten(1), y)
+                reservoir.add(x)
+        self.train(was_training)
+        exemplars = reservoir.sample() if memory else torch.empty(0, *state.input_shape, dtype=state.input_dtype)
+        state.routers.record(moments, frozen, exemplars)
+        if memory and state.routers.memory.complete() and len(state.routers.memory) == state.frozen_tasks:
+            self.fit_router()
 
     def recycle(self) -> int:
         """Re-initialise every free unit (pruned or unused) for the next task; returns how many.
@@ -360,6 +463,7 @@ class ContinualNetwork(nn.Module):
             "groups": {g.key: g.size for g in state.graph},
             "owners": {k: v.clone() for k, v in state.ownership.owner.items()},
             "pruned": {k: v.clone() for k, v in state.ownership.pruned.items()},
+            "routers": state.routers.state(),
         }
 
     def set_extra_state(self, extra: dict) -> None:
@@ -393,9 +497,12 @@ class ContinualNetwork(nn.Module):
         for key in sizes:
             state.ownership.owner[key].copy_(extra["owners"][key])
             state.ownership.pruned[key].copy_(extra["pruned"][key])
+        state.routers.load(extra["routers"])
+        state.routers.apply(lambda t: t.to(self._device()))
 
     def _apply(self, fn, recurse=True):
         result = super()._apply(fn, recurse)
+        self._eidetic.routers.apply(fn)
         if self._eidetic.graph is not None:
             self._make_guard()  # frozen copies follow the tensors to their new device or dtype
         return result
@@ -470,6 +577,7 @@ class ContinualNetwork(nn.Module):
                 self._forget_graph()
             raise
         heads, frozen, training = len(self.heads), state.frozen_tasks, self.training
+        routers = state.routers.checkpoint()
         tx = _OptimizerTransaction(optimizer)
         try:
             yield tx
@@ -479,6 +587,7 @@ class ContinualNetwork(nn.Module):
             while len(self.heads) > heads:
                 self.heads.drop_last()
             state.frozen_tasks = frozen
+            state.routers.rollback(routers)
             snapshot.restore()
             tx.rollback()
             if created:

@@ -1,0 +1,294 @@
+"""Task-ID-free inference: routers that pick the task of an input from one pass of the body.
+
+Every router turns the body's features (and the heads' logits, computed from the same pass)
+into one score per task; the input goes to the task with the highest score, and that task's
+head gives the class. Because frozen units never change, everything a router learns about a
+task stays valid forever.
+
+* :class:`LearnedRouter` (the Eidetic paper's): a task-classifier head on the features, trained
+  with task ids as labels on exemplars of every task (see :class:`ExemplarMemory`) or on data
+  you pass. It is a separate linear layer: fitting it never touches a task head or a unit.
+* :class:`ConfidenceRouter`: no data at all; picks the head that is most confident, by maximum
+  softmax probability, by (negative) entropy, or by (negative) energy.
+* :class:`FeatureStatsRouter`: no samples kept; when a task ends it records, on the features
+  owned by that task and earlier ones (which never change again), the mean of each class and a
+  pooled per-feature variance. An input goes to the task of which it is most typical: the
+  (diagonal) Mahalanobis distance to the task's nearest class mean, in the task's own feature
+  subspace, turned into a chi-squared tail probability so that subspaces of different sizes
+  compare. See ``docs/routing.md`` for how the three compare.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .memory import ExemplarMemory
+
+
+class ConfidenceRouter:
+    """Route to the most confident head.
+
+    Args:
+        measure: ``"max_softmax"`` (highest class probability), ``"entropy"`` (lowest entropy
+            of the softmax, divided by the log of the head's number of classes so that heads of
+            different sizes compare) or ``"energy"`` (highest ``logsumexp`` of the logits).
+
+    Example::
+
+        prediction = net.predict(x, router=eidetic.ConfidenceRouter("energy"))
+    """
+
+    MEASURES = ("max_softmax", "entropy", "energy")
+
+    def __init__(self, measure: str = "max_softmax") -> None:
+        if measure not in self.MEASURES:
+            raise ValueError(f"ConfidenceRouter(measure={measure!r}): choose one of {self.MEASURES}")
+        self.measure = measure
+
+    def scores(self, features: torch.Tensor, logits: list[torch.Tensor]) -> torch.Tensor:
+        """``(inputs, tasks)`` scores, higher meaning more likely."""
+        columns = []
+        for out in logits:
+            if self.measure == "energy":
+                columns.append(torch.logsumexp(out, dim=1))
+                continue
+            log_p = F.log_softmax(out, dim=1)
+            if self.measure == "max_softmax":
+                columns.append(log_p.max(dim=1).values.exp())
+            else:
+                entropy = -(log_p.exp() * log_p).sum(dim=1)
+                columns.append(-entropy / math.log(max(out.shape[1], 2)))
+        return torch.stack(columns, dim=1)
+
+
+@dataclass
+class _TaskStats:
+    mask: torch.Tensor  # features the task can rely on (owned by it or earlier tasks)
+    means: torch.Tensor  # (classes, features)
+    variance: torch.Tensor  # (features,), pooled within classes
+
+
+class ClassMoments:
+    """Streaming per-class sums of features and of their squares (in float64)."""
+
+    def __init__(self, num_classes: int, num_features: int, device: torch.device) -> None:
+        self.count = torch.zeros(num_classes, dtype=torch.float64, device=device)
+        self.sum = torch.zeros(num_classes, num_features, dtype=torch.float64, device=device)
+        self.squares = torch.zeros(num_classes, num_features, dtype=torch.float64, device=device)
+
+    def add(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch; targets that are not class indices (a custom loss) count as one class."""
+        classes = len(self.count)
+        if labels.dim() != 1 or labels.dtype.is_floating_point or int(labels.min()) < 0 or int(labels.max()) >= classes:
+            labels = torch.zeros(len(features), dtype=torch.long, device=features.device)
+        features = features.detach().double()
+        self.count.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
+        self.sum.index_add_(0, labels, features)
+        self.squares.index_add_(0, labels, features**2)
+
+    def stats(self, mask: torch.Tensor, eps: float) -> _TaskStats:
+        """Class means and the pooled within-class variance per feature."""
+        count = self.count.clamp(min=1)[:, None]
+        means = self.sum / count
+        within = (self.squares - self.sum * means).sum(dim=0) / self.count.sum().clamp(min=1)
+        return _TaskStats(mask.to(means.device), means.float(), within.clamp(min=0).float() + eps)
+
+
+@dataclass
+class FeatureStatsRouter:
+    """Route by distance to each task's class means in that task's frozen feature subspace.
+
+    Statistics are recorded by ``train_task`` at the end of every task; no input is kept.
+    """
+
+    tasks: list[_TaskStats] = field(default_factory=list)
+    eps: float = 1e-6
+
+    def record(self, moments: ClassMoments, mask: torch.Tensor) -> None:
+        """Add a task from the class moments of its training features and the mask of its
+        frozen features."""
+        self.tasks.append(moments.stats(mask, self.eps))
+
+    def truncate(self, tasks: int) -> None:
+        del self.tasks[tasks:]
+
+    def scores(self, features: torch.Tensor, logits: list[torch.Tensor]) -> torch.Tensor:
+        """Per task, how typical the input is of the task: the log-probability that a sample of
+        the task lies farther from its nearest class mean (squared distance in per-feature
+        standard deviations, chi-squared with as many degrees of freedom as the task has frozen
+        features). Tasks with different numbers of features compare on the same scale."""
+        columns = []
+        for stats in self.tasks[: len(logits)]:
+            f = features[:, stats.mask].double()
+            z2 = (f[:, None, :] - stats.means[None, :, stats.mask].double()) ** 2 / stats.variance[stats.mask].double()
+            distance = z2.sum(dim=2).min(dim=1).values
+            dof = torch.tensor(max(int(stats.mask.sum()), 1) / 2, dtype=torch.float64, device=f.device)
+            survival = torch.special.gammaincc(dof, distance / 2).clamp(min=torch.finfo(torch.float64).tiny)
+            columns.append(survival.log().to(features.dtype))
+        return torch.stack(columns, dim=1)
+
+    def state(self) -> list[dict[str, torch.Tensor]]:
+        return [{"mask": s.mask, "means": s.means, "variance": s.variance} for s in self.tasks]
+
+    @classmethod
+    def from_state(cls, state: list[dict[str, torch.Tensor]]) -> FeatureStatsRouter:
+        return cls([_TaskStats(s["mask"], s["means"], s["variance"]) for s in state])
+
+    def apply(self, fn) -> None:
+        """Apply a tensor conversion (``nn.Module._apply``'s ``fn``) to the statistics."""
+        self.tasks = [_TaskStats(fn(s.mask), fn(s.means), fn(s.variance)) for s in self.tasks]
+
+
+class LearnedRouter:
+    """A linear task classifier on the (standardised) frozen features, fitted with task ids as
+    labels. Only features of units owned by finished tasks are used: the others are retrained
+    by later tasks, which would invalidate the fit.
+
+    Args:
+        steps: full-batch Adam steps (the exemplar memory is small).
+        lr: Adam learning rate.
+    """
+
+    def __init__(self, steps: int = 60, lr: float = 0.05) -> None:
+        self.steps, self.lr = steps, lr
+        self.weight: torch.Tensor | None = None
+        self.bias: torch.Tensor | None = None
+        self.mean: torch.Tensor | None = None
+        self.scale: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None
+
+    @property
+    def fitted_tasks(self) -> int:
+        return 0 if self.weight is None else self.weight.shape[0]
+
+    def fit(self, features: torch.Tensor, tasks: torch.Tensor, num_tasks: int, mask: torch.Tensor) -> None:
+        """Fit on ``features[:, mask]`` (the frozen features) labelled with their ``tasks``."""
+        self.mask = mask.to(features.device)
+        features = features.detach()[:, self.mask]
+        self.mean = features.mean(dim=0)
+        self.scale = features.std(dim=0, correction=0).clamp(min=1e-6)
+        x = (features - self.mean) / self.scale
+        layer = torch.nn.Linear(features.shape[1], num_tasks).to(features.device)
+        optimizer = torch.optim.Adam(layer.parameters(), lr=self.lr)
+        with torch.enable_grad():
+            for _ in range(self.steps):
+                optimizer.zero_grad(set_to_none=True)
+                F.cross_entropy(layer(x), tasks).backward()
+                optimizer.step()
+        self.weight, self.bias = layer.weight.detach(), layer.bias.detach()
+
+    def scores(self, features: torch.Tensor, logits: list[torch.Tensor]) -> torch.Tensor:
+        """Task-classifier logits."""
+        if self.weight is None or self.fitted_tasks < len(logits):
+            raise RuntimeError(f"the learned router is fitted for {self.fitted_tasks} task(s) but the network has "
+                               f"{len(logits)}; call net.fit_router()")
+        out = F.linear((features[:, self.mask] - self.mean) / self.scale, self.weight, self.bias)
+        return out[:, : len(logits)]
+
+    def state(self) -> dict[str, torch.Tensor] | None:
+        if self.weight is None:
+            return None
+        return {"weight": self.weight, "bias": self.bias, "mean": self.mean, "scale": self.scale, "mask": self.mask}
+
+    def load(self, state: dict[str, torch.Tensor] | None) -> None:
+        names = ("weight", "bias", "mean", "scale", "mask")
+        for name in names:
+            setattr(self, name, None if state is None else state[name])
+
+    def apply(self, fn) -> None:
+        """Apply a tensor conversion (``nn.Module._apply``'s ``fn``) to the fitted weights."""
+        for name in ("weight", "bias", "mean", "scale", "mask"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, fn(value))
+
+
+@dataclass
+class Prediction:
+    """What :meth:`ContinualNetwork.predict` returns, one entry per input.
+
+    Attributes:
+        task: the task the router picked.
+        label: the class predicted by that task's head (a class index of that task).
+        task_scores: the router's scores, ``(inputs, tasks)``.
+        task_probs: softmax of the router's scores.
+        label_probs: softmax of the chosen head's logits, padded with zeros to the widest head.
+        logits: every finished task's logits (``logits[k]`` is task ``k``'s head output).
+    """
+
+    task: torch.Tensor
+    label: torch.Tensor
+    task_scores: torch.Tensor
+    task_probs: torch.Tensor
+    label_probs: torch.Tensor
+    logits: list[torch.Tensor]
+
+
+def route(scores: torch.Tensor, logits: list[torch.Tensor]) -> Prediction:
+    """Pick each input's task by the highest score, then its class with that task's head."""
+    task = scores.argmax(dim=1)
+    widest = max(out.shape[1] for out in logits)
+    probs = torch.stack([F.pad(F.softmax(out, dim=1), (0, widest - out.shape[1])) for out in logits], dim=1)
+    label_probs = probs[torch.arange(len(task), device=task.device), task]
+    return Prediction(task, label_probs.argmax(dim=1), scores, F.softmax(scores, dim=1), label_probs, logits)
+
+
+class Routers:
+    """Everything a network keeps for task-ID-free inference: exemplars, feature statistics and
+    the learned router, with their checkpoint state."""
+
+    def __init__(self) -> None:
+        self.memory = ExemplarMemory()
+        self.stats = FeatureStatsRouter()
+        self.learned = LearnedRouter()
+
+    def choose(self, router, tasks: int):
+        """The router object for ``router`` (``None``: the learned router if it is fitted for
+        every task, else the statistics router if it covers every task, else confidence)."""
+        if router is None:
+            if self.learned.fitted_tasks >= tasks:
+                return self.learned
+            return self.stats if len(self.stats.tasks) >= tasks else ConfidenceRouter()
+        if isinstance(router, str):
+            named = {"learned": self.learned, "statistics": self.stats}
+            if router in named:
+                chosen = named[router]
+            elif router in ConfidenceRouter.MEASURES or router == "confidence":
+                chosen = ConfidenceRouter("max_softmax" if router == "confidence" else router)
+            else:
+                raise ValueError(f"unknown router {router!r}: use 'learned', 'statistics', 'confidence', "
+                                 f"one of {ConfidenceRouter.MEASURES}, or an object with a scores() method")
+            if chosen is self.stats and len(self.stats.tasks) < tasks:
+                raise RuntimeError(f"the statistics router covers {len(self.stats.tasks)} of {tasks} tasks; tasks "
+                                   "frozen by hand need freeze(task, data=...) to record them")
+            return chosen
+        return router
+
+    def record(self, moments: ClassMoments, mask: torch.Tensor, exemplars: torch.Tensor) -> None:
+        self.stats.record(moments, mask)
+        self.memory.add(exemplars)
+
+    def checkpoint(self) -> tuple[int, int, dict | None]:
+        return len(self.stats.tasks), len(self.memory), self.learned.state()
+
+    def rollback(self, checkpoint: tuple[int, int, dict | None]) -> None:
+        stats, memory, learned = checkpoint
+        self.stats.truncate(stats)
+        self.memory.truncate(memory)
+        self.learned.load(learned)
+
+    def state(self) -> dict:
+        return {"memory": list(self.memory.inputs), "stats": self.stats.state(), "learned": self.learned.state()}
+
+    def load(self, state: dict) -> None:
+        self.memory = ExemplarMemory(state["memory"])
+        self.stats = FeatureStatsRouter.from_state(state["stats"])
+        self.learned.load(state["learned"])
+
+    def apply(self, fn) -> None:
+        self.stats.apply(fn)
+        self.learned.apply(fn)
