@@ -17,7 +17,7 @@ from .evaluation import Evaluation, Results, Task, TaskEvaluation, evaluate, run
 from .graph import LayerSpec, UnitGraph, register_layer
 from .network import ContinualNetwork
 from .ownership import FREE
-from .pruning import Pruning
+from .pruning import GracefulPruning, Pruning
 from .report import EpochStats, PruneStep, TaskReport
 from .routing import ConfidenceRouter, FeatureStatsRouter, LearnedRouter, Prediction
 from .scoring import ScoringContext, register_importance
@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FREE",
     "Callback",
+    "GracefulPruning",
     "ConfidenceRouter",
     "Evaluation",
     "FeatureStatsRouter",

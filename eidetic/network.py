@@ -28,12 +28,12 @@ from .heads import TaskHeads
 from .memory import Reservoir
 from .norm import FrozenNorms
 from .ownership import Ownership
-from .pruning import Pruning, prune_until
+from .pruning import GracefulPruning, Pruning, prune
 from .report import PruneStep, TaskReport
 from .routing import ClassMoments, Prediction, Routers, route
 from .slices import head_columns
 from .snapshot import Snapshot
-from .training import Callback, Loss, Metric, TaskSession, accuracy
+from .training import Callback, L1Penalty, Loss, Metric, TaskSession, accuracy
 
 log = logging.getLogger("eidetic")
 
@@ -242,9 +242,10 @@ class ContinualNetwork(nn.Module):
         epochs: int,
         val_data: Data | None = None,
         batch_size: int | None = None,
-        pruning: Pruning | None = Pruning(),
+        pruning: Pruning | GracefulPruning | None = Pruning(),
         loss_fn: Loss | None = None,
         metric: Metric | None = None,
+        l1: float | dict[str, float] | None = None,
         scheduler: Callable[[torch.optim.Optimizer], object] | None = None,
         early_stopping: int | None = None,
         clip_grad_norm: float | None = None,
@@ -269,9 +270,12 @@ class ContinualNetwork(nn.Module):
             val_data: optional validation data (reported; used by early stopping and by
                 ``Pruning(monitor="val")``).
             batch_size: batch size for Dataset arguments.
-            pruning: a :class:`Pruning` configuration, or ``None`` to keep every unit.
+            pruning: a :class:`Pruning` (iterative) or :class:`GracefulPruning` (CLNP's one-shot
+                thresholds) configuration, or ``None`` to keep every unit.
             loss_fn: ``(logits, targets) -> loss``; cross-entropy by default.
             metric: ``(logits, targets) -> score in [0, 1]``; accuracy by default.
+            l1: an L1 penalty on the trained weights of every layer (a coefficient), or per
+                layer (``{"fc1": 1e-4}``), added to the loss during training (CLNP).
             scheduler: optional factory ``optimizer -> LR scheduler``, stepped per epoch.
             early_stopping: stop training after this many epochs without progress (``None``: never).
             clip_grad_norm: clip the gradient norm of the trained weights to this value.
@@ -298,8 +302,9 @@ class ContinualNetwork(nn.Module):
         _check_int("memory", memory, 0)
         if early_stopping is not None:
             _check_int("early_stopping", early_stopping, 1)
-        if pruning is not None and not isinstance(pruning, Pruning):
-            raise TaskError(f"pruning must be an eidetic.Pruning or None, got {type(pruning).__name__}")
+        if pruning is not None and not isinstance(pruning, (Pruning, GracefulPruning)):
+            raise TaskError(f"pruning must be an eidetic.Pruning, an eidetic.GracefulPruning or None, got "
+                            f"{type(pruning).__name__}")
         train_loader = as_loader(train_data, batch_size, shuffle=True, name="train_data")
         val_loader = None if val_data is None else as_loader(val_data, batch_size, shuffle=False, name="val_data")
         if pruning is not None and pruning.monitor == "val" and val_loader is None:
@@ -310,12 +315,12 @@ class ContinualNetwork(nn.Module):
         with self._transaction(example, optimizer) as tx:
             head = self.heads.add(self._eidetic.graph.feature_dim, num_classes, like=self._reference_tensor())
             session = self._session(task, head, train_loader, val_loader, tx.optimizer(self._trainable(head)),
-                                    loss_fn, metric, clip_grad_norm, callbacks, progress)
+                                    loss_fn, metric, clip_grad_norm, callbacks, progress, l1)
             sched = scheduler(session.optimizer) if scheduler is not None else None
             report.epochs = session.fit(epochs, early_stopping, sched)
             report.seconds["train"] = time.perf_counter() - start
             if pruning is not None:
-                report.reference_metric, report.prune_steps = prune_until(
+                report.reference_metric, report.prune_steps = prune(
                     session, self._eidetic.layers, self._eidetic.graph, self._eidetic.ownership, pruning)
             report.seconds["prune"] = time.perf_counter() - start - report.seconds["train"]
             monitor = pruning.monitor if pruning is not None else "train"
@@ -337,7 +342,7 @@ class ContinualNetwork(nn.Module):
         train_data: Data,
         *,
         optimizer: OptimizerFactory | torch.optim.Optimizer,
-        pruning: Pruning = Pruning(),
+        pruning: Pruning | GracefulPruning = Pruning(),
         val_data: Data | None = None,
         batch_size: int | None = None,
         loss_fn: Loss | None = None,
@@ -361,8 +366,11 @@ class ContinualNetwork(nn.Module):
         if task != self.open_task:
             raise TaskError(f"task {task} is not open; prune_until works on the task left open by "
                             "train_task(..., finish=False)")
-        if not isinstance(pruning, Pruning):
-            raise TaskError(f"pruning must be an eidetic.Pruning, got {type(pruning).__name__}")
+        if not isinstance(pruning, (Pruning, GracefulPruning)):
+            raise TaskError(f"pruning must be an eidetic.Pruning or an eidetic.GracefulPruning, got "
+                            f"{type(pruning).__name__}")
+        if pruning.monitor == "val" and val_data is None:
+            raise TaskError(f"{type(pruning).__name__}(monitor='val') needs val_data")
         train_loader = as_loader(train_data, batch_size, shuffle=True, name="train_data")
         val_loader = None if val_data is None else as_loader(val_data, batch_size, shuffle=False, name="val_data")
         example = first_inputs(train_loader, "train_data")
@@ -370,8 +378,7 @@ class ContinualNetwork(nn.Module):
         with self._transaction(example, optimizer) as tx:
             session = self._session(task, head, train_loader, val_loader, tx.optimizer(self._trainable(head)),
                                     loss_fn, metric, clip_grad_norm, callbacks, progress)
-            _, steps = prune_until(session, self._eidetic.layers, self._eidetic.graph,
-                                   self._eidetic.ownership, pruning)
+            _, steps = prune(session, self._eidetic.layers, self._eidetic.graph, self._eidetic.ownership, pruning)
         return steps
 
     def freeze(self, task: int, data: Data | None = None, *, batch_size: int | None = None,
@@ -551,13 +558,15 @@ class ContinualNetwork(nn.Module):
         return guard
 
     def _session(self, task, head, train_loader, val_loader, optimizer, loss_fn, metric, clip_grad_norm,
-                 callbacks, progress) -> TaskSession:
+                 callbacks, progress, l1=None) -> TaskSession:
+        state = self._eidetic
+        penalty = None if l1 is None else L1Penalty(state.layers, state.graph, state.ownership, l1)
         return TaskSession(
             body=self, head=head, task=task, num_classes=head.out_features, guard=self._make_guard(head),
             train_loader=train_loader, val_loader=val_loader, optimizer=optimizer,
             loss_fn=loss_fn or F.cross_entropy, metric=metric or accuracy, check_labels=loss_fn is None,
-            input_shape=self._eidetic.input_shape, clip_grad_norm=clip_grad_norm, callbacks=callbacks,
-            progress=progress,
+            input_shape=state.input_shape, clip_grad_norm=clip_grad_norm, callbacks=callbacks,
+            progress=progress, penalty=penalty,
         )
 
     @contextlib.contextmanager

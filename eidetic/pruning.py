@@ -1,11 +1,19 @@
-"""Iterative structured pruning of the task in training, until the metric would drop.
+"""Structured pruning of the task in training.
 
-Each step removes a fraction of the task's remaining (alive, free) units in every group, by
-the lowest importance, then trains up to ``recovery_epochs`` epochs to recover. A step whose
-metric ends below ``reference * (1 - tolerance)`` is rolled back to the last state within
-tolerance (from a :class:`~eidetic.snapshot.Snapshot` of the free slices, not a copy of the
-model), and the loop stops, or retries at half the step if ``patience`` allows. A step that
-rounds to zero units in every group also ends the loop. Frozen units are never candidates.
+:class:`Pruning` is the iterative schedule (Eidetic Learning, CLNP's iterative variant): each
+step removes a fraction of the task's remaining (alive, free) units in every group, by the
+lowest importance (or every unit scoring at most a threshold), then trains up to
+``recovery_epochs`` epochs to recover. A step whose metric ends below
+``reference * (1 - tolerance)`` is rolled back to the last state within tolerance (from a
+:class:`~eidetic.snapshot.Snapshot` of the free slices, not a copy of the model), and the loop
+stops, or retries at half the step if ``patience`` allows. A step that rounds to zero units in
+every group also ends the loop.
+
+:class:`GracefulPruning` is CLNP's one-shot thresholding with graceful forgetting: it tries
+several thresholds from the unpruned network and keeps the sparsest result whose metric is
+within ``margin`` of the best one.
+
+Frozen units are never candidates, whatever the method and scores.
 """
 
 from __future__ import annotations
@@ -43,7 +51,11 @@ class Pruning:
             (0 stops at the first failure, as the Eidetic paper does).
         monitor: ``"train"`` (accuracy on the training data, as the paper) or ``"val"``.
         max_steps: an upper bound on the number of steps (``None``: no bound).
-        score_batches: batches of training data used by data-driven methods (``"taylor"``).
+        score_batches: batches of training data used by data-driven methods (``"taylor"``,
+            ``"activation"``).
+        threshold: if set, each step removes every alive unit scoring at most ``threshold``
+            instead of a fraction (CLNP's threshold; ``step`` is then ignored, and a retry
+            halves the threshold).
 
     Example::
 
@@ -59,38 +71,88 @@ class Pruning:
     monitor: str = "train"
     max_steps: int | None = None
     score_batches: int | None = 16
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in methods():
-            raise TaskError(f"Pruning(method={self.method!r}): choose one of {methods()}")
+        _check_common(self, "Pruning")
         if not 0.0 < self.step <= 1.0:
             raise TaskError(f"Pruning(step={self.step}): the step is a fraction in (0, 1]")
         if not 0.0 <= self.tolerance < 1.0:
             raise TaskError(f"Pruning(tolerance={self.tolerance}): use a fraction in [0, 1)")
-        for name in ("recovery_epochs", "patience"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise TaskError(f"Pruning({name}={value!r}): use a non-negative int")
-        if self.monitor not in ("train", "val"):
-            raise TaskError(f"Pruning(monitor={self.monitor!r}): use 'train' or 'val'")
+        if not isinstance(self.patience, int) or self.patience < 0:
+            raise TaskError(f"Pruning(patience={self.patience!r}): use a non-negative int")
         if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 0):
             raise TaskError(f"Pruning(max_steps={self.max_steps!r}): use None or a non-negative int")
-        if self.score_batches is not None and (not isinstance(self.score_batches, int) or self.score_batches < 1):
-            raise TaskError(f"Pruning(score_batches={self.score_batches!r}): use None or a positive int")
 
 
-def select(ownership: Ownership, scores: dict[str, torch.Tensor], fraction: float) -> dict[str, int]:
-    """Mark the lowest-scored alive units of every group as pruned; return counts per group.
+@dataclass(frozen=True)
+class GracefulPruning:
+    """CLNP's one-shot pruning with graceful forgetting.
 
-    Takes ``round(fraction * alive)`` units per group, never a frozen or already pruned one,
-    and never the last unit of a group that has no frozen units.
+    The units are scored once, on the network as trained. Then, from that network, every
+    threshold is tried: remove the alive units scoring at most the threshold, train
+    ``recovery_epochs`` epochs, measure the metric. The sparsest result whose metric is at
+    least ``best - margin`` (best over the unpruned network and all thresholds) is kept.
+
+    Args:
+        method: importance strategy (``"activation"`` as in CLNP, or any other).
+        thresholds: thresholds to try; ``None`` tries the 10%, 20%, ..., 90% quantiles of the
+            alive units' scores.
+        margin: allowed absolute drop of the metric below the best (CLNP's ``m``).
+        recovery_epochs: training epochs after pruning, before measuring.
+        monitor: ``"val"`` (validation data, as in CLNP) or ``"train"``.
+        score_batches: batches of training data used to score.
+
+    Example::
+
+        net.train_task(0, loader, val_data=val, num_classes=10, optimizer=make_opt, epochs=5,
+                       pruning=eidetic.GracefulPruning(margin=0.01))
+    """
+
+    method: str = "activation"
+    thresholds: tuple[float, ...] | None = None
+    margin: float = 0.01
+    recovery_epochs: int = 0
+    monitor: str = "val"
+    score_batches: int | None = 16
+
+    def __post_init__(self) -> None:
+        _check_common(self, "GracefulPruning")
+        if not 0.0 <= self.margin < 1.0:
+            raise TaskError(f"GracefulPruning(margin={self.margin}): use a fraction in [0, 1)")
+        if self.thresholds is not None and not self.thresholds:
+            raise TaskError("GracefulPruning(thresholds=()): give at least one threshold, or None")
+
+
+def _check_common(config, name: str) -> None:
+    if config.method not in methods():
+        raise TaskError(f"{name}(method={config.method!r}): choose one of {methods()}")
+    if config.monitor not in ("train", "val"):
+        raise TaskError(f"{name}(monitor={config.monitor!r}): use 'train' or 'val'")
+    if not isinstance(config.recovery_epochs, int) or config.recovery_epochs < 0:
+        raise TaskError(f"{name}(recovery_epochs={config.recovery_epochs!r}): use a non-negative int")
+    if config.score_batches is not None and (not isinstance(config.score_batches, int) or config.score_batches < 1):
+        raise TaskError(f"{name}(score_batches={config.score_batches!r}): use None or a positive int")
+
+
+def select(ownership: Ownership, scores: dict[str, torch.Tensor], fraction: float | None = None,
+           threshold: float | None = None) -> dict[str, int]:
+    """Mark low-scored alive units of every group as pruned; return counts per group.
+
+    Takes ``round(fraction * alive)`` units per group, or every alive unit scoring at most
+    ``threshold``; never a frozen or already pruned one, and never the last unit of a group
+    that has no frozen units.
     """
     removed = {}
     for key in ownership.group_keys():
         alive = ownership.alive(key)
         n = int(alive.sum())
         keep = 0 if ownership.frozen(key).any() else 1
-        k = min(math.floor(fraction * n + 0.5), n - keep)
+        if threshold is None:
+            wanted = math.floor(fraction * n + 0.5)
+        else:
+            wanted = int((alive & (scores[key] <= threshold)).sum())
+        k = min(wanted, n - keep)
         if k <= 0:
             continue
         candidates = scores[key].clone()
@@ -109,22 +171,18 @@ def prune_until(session: TaskSession, layers, graph: UnitGraph, ownership: Owner
     snapshot = Snapshot(session.body, session.guard, ownership)
     strategy = importance(config.method)
     steps: list[PruneStep] = []
-    fraction, retries = config.step, 0
+    fraction, threshold, retries = config.step, config.threshold, 0
     while config.max_steps is None or len(steps) < config.max_steps:
         snapshot.capture()
         scores = strategy(session.scoring_context(layers, graph, config.score_batches))
-        removed = select(ownership, scores, fraction)
+        alive = _alive(ownership)
+        removed = select(ownership, scores, fraction if threshold is None else None, threshold)
         if not removed:
-            log.info("task %d: a pruning step of %.4g rounds to zero units; stopping", session.task, fraction)
+            log.info("task %d: a pruning step removes no unit; stopping", session.task)
             break
-        session.guard.update_pruned()
-        session.guard.restore()
-        metric, epochs = session.monitored(config.monitor), 0
-        while metric < floor and epochs < config.recovery_epochs:
-            session.train_epoch()
-            metric, epochs = session.monitored(config.monitor), epochs + 1
+        metric, epochs = _apply_and_recover(session, floor, config.recovery_epochs, config.monitor)
         accepted = metric >= floor
-        steps.append(PruneStep(fraction, removed, epochs, metric, accepted))
+        steps.append(PruneStep(sum(removed.values()) / alive, removed, epochs, metric, accepted, threshold))
         log.info("task %d: pruned %d units, metric %.4f (floor %.4f): %s", session.task,
                  sum(removed.values()), metric, floor, "kept" if accepted else "rolled back")
         if not accepted:
@@ -133,4 +191,60 @@ def prune_until(session: TaskSession, layers, graph: UnitGraph, ownership: Owner
                 break
             retries += 1
             fraction /= 2
+            threshold = None if threshold is None else threshold / 2
     return reference, steps
+
+
+def _alive(ownership: Ownership) -> int:
+    return sum(int(ownership.alive(key).sum()) for key in ownership.group_keys())
+
+
+def _apply_and_recover(session: TaskSession, floor: float, epochs: int, monitor: str) -> tuple[float, int]:
+    """Zero the newly pruned units, then train until the metric reaches ``floor`` (at most
+    ``epochs`` epochs); return the metric and the epochs run."""
+    session.guard.update_pruned()
+    session.guard.restore()
+    metric, run = session.monitored(monitor), 0
+    while metric < floor and run < epochs:
+        session.train_epoch()
+        metric, run = session.monitored(monitor), run + 1
+    return metric, run
+
+
+def graceful_prune(session: TaskSession, layers, graph: UnitGraph, ownership: Ownership,
+                   config: GracefulPruning) -> tuple[float, list[PruneStep]]:
+    """Try every threshold from the trained network; keep the sparsest result within the margin."""
+    reference = session.monitored(config.monitor)
+    snapshot = Snapshot(session.body, session.guard, ownership)
+    scores = importance(config.method)(session.scoring_context(layers, graph, config.score_batches))
+    thresholds = sorted(config.thresholds or _quantiles(ownership, scores))
+    alive = _alive(ownership)
+    tried: list[PruneStep] = []
+    for threshold in thresholds:
+        removed = select(ownership, scores, threshold=threshold)
+        metric, epochs = _apply_and_recover(session, math.inf, config.recovery_epochs, config.monitor)
+        tried.append(PruneStep(sum(removed.values()) / alive, removed, epochs, metric, False, threshold))
+        snapshot.restore()
+    best = max([reference] + [step.metric for step in tried])
+    within = [i for i, step in enumerate(tried) if step.metric >= best - config.margin and step.removed]
+    if within:
+        chosen = max(within, key=lambda i: (sum(tried[i].removed.values()), thresholds[i]))
+        select(ownership, scores, threshold=thresholds[chosen])
+        tried[chosen].metric, _ = _apply_and_recover(session, math.inf, config.recovery_epochs, config.monitor)
+        tried[chosen].accepted = True
+        log.info("task %d: graceful pruning keeps threshold %.4g (%d units removed, metric %.4f, best %.4f)",
+                 session.task, thresholds[chosen], sum(tried[chosen].removed.values()), tried[chosen].metric, best)
+    return reference, tried
+
+
+def _quantiles(ownership: Ownership, scores: dict[str, torch.Tensor]) -> list[float]:
+    alive = torch.cat([scores[key][ownership.alive(key)] for key in ownership.group_keys()])
+    return torch.quantile(alive.double(), torch.linspace(0.1, 0.9, 9, dtype=torch.float64)).tolist()
+
+
+def prune(session: TaskSession, layers, graph: UnitGraph, ownership: Ownership,
+          config: Pruning | GracefulPruning) -> tuple[float, list[PruneStep]]:
+    """Run the pruning that ``config`` describes; return the reference metric and the steps."""
+    if isinstance(config, GracefulPruning):
+        return graceful_prune(session, layers, graph, ownership, config)
+    return prune_until(session, layers, graph, ownership, config)

@@ -19,15 +19,17 @@ class EpochStats:
 
 @dataclass
 class PruneStep:
-    """One pruning step: the fraction asked for, units removed per group, recovery epochs run,
-    the monitored metric after recovery, and whether the step was kept (within tolerance) or
-    rolled back."""
+    """One pruning step: the fraction of the task's alive units it removed, units removed per
+    group, recovery epochs run, the monitored metric after recovery, whether the step was kept
+    (within tolerance, or chosen by graceful pruning) or rolled back, and the score threshold
+    used (``None`` for a fraction step)."""
 
     fraction: float
     removed: dict[str, int]
     epochs: int
     metric: float
     accepted: bool
+    threshold: float | None = None
 
 
 @dataclass

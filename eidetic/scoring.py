@@ -10,6 +10,9 @@ whatever the scores say). Built in:
   ``|sum of w * dL/dw|`` over the unit's producing parameters, per batch, summed over
   ``score_batches`` batches of training data.
 * ``"random"``: uniform random scores (from ``torch``'s global generator).
+* ``"activation"`` (CLNP): the mean absolute activity of the unit over ``score_batches``
+  batches of training data, as its readers see it (after the activation function): a unit
+  that never fires scores 0 and goes first.
 
 Add a strategy with :func:`register_importance`.
 """
@@ -24,7 +27,7 @@ import torch
 from torch import nn
 
 from .errors import TaskError
-from .graph import Layers, UnitGraph
+from .graph import FEATURES, Layers, UnitGraph
 
 
 @dataclass
@@ -36,6 +39,7 @@ class ScoringContext:
         graph: the unit table.
         batches: an iterable of ``(inputs, targets)`` batches of the task's training data.
         loss: a function of ``(inputs, targets)`` returning the task's scalar loss.
+        features: the body's forward function (inputs to features).
         max_batches: how many batches data-driven strategies should use (``None``: all).
     """
 
@@ -43,7 +47,15 @@ class ScoringContext:
     graph: UnitGraph
     batches: Iterable
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    features: Callable[[torch.Tensor], torch.Tensor]
     max_batches: int | None = None
+
+    def limited_batches(self) -> Iterable:
+        """The batches, at most ``max_batches`` of them."""
+        for i, batch in enumerate(self.batches):
+            if self.max_batches is not None and i >= self.max_batches:
+                return
+            yield batch
 
 
 class Importance(Protocol):
@@ -91,9 +103,7 @@ class Taylor:
     def __call__(self, context: ScoringContext) -> dict[str, torch.Tensor]:
         params = [p for module, _ in context.layers.values() for p in module.parameters(recurse=False)]
         total = {g.key: torch.zeros(g.size, dtype=torch.float64) for g in context.graph}
-        for i, (x, y) in enumerate(context.batches):
-            if context.max_batches is not None and i >= context.max_batches:
-                break
+        for x, y in context.limited_batches():
             for p in params:
                 p.grad = None
             context.loss(x, y).backward()
@@ -111,6 +121,44 @@ class Taylor:
         return total
 
 
+class Activation:
+    """Mean absolute activity of each unit where its readers read it (CLNP)."""
+
+    def __call__(self, context: ScoringContext) -> dict[str, torch.Tensor]:
+        readers = {slot.module for group in context.graph for slot in group.ins}
+        sums: dict[str, torch.Tensor] = {}
+        samples = 0
+
+        def record(name: str, value: torch.Tensor, unit_dim: int) -> None:
+            moved = value.detach().abs().movedim(unit_dim, -1)
+            total = moved.reshape(-1, moved.shape[-1]).double().sum(dim=0) / (moved.numel() // moved.shape[-1])
+            sums[name] = sums.get(name, 0) + total * len(value)
+
+        def reader(name: str, unit_dim: int):
+            return lambda module, args: record(name, args[0], unit_dim)
+
+        hooks = [module.register_forward_pre_hook(reader(name, spec.in_unit_dim))
+                 for name, (module, spec) in context.layers.items() if name in readers]
+        try:
+            with torch.no_grad():
+                for x, _ in context.limited_batches():
+                    record(FEATURES, context.features(x).flatten(1), -1)
+                    samples += len(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        scores = {}
+        for group in context.graph:
+            total = torch.zeros(group.size, dtype=torch.float64)
+            count = torch.zeros(group.size, dtype=torch.float64)
+            for slot in group.ins:
+                activity = sums[slot.module].cpu()[slot.index] / max(samples, 1)
+                total.index_add_(0, slot.units, activity)
+                count.index_add_(0, slot.units, torch.ones_like(activity))
+            scores[group.key] = total / count.clamp(min=1)
+        return scores
+
+
 class RandomImportance:
     """Uniform random scores."""
 
@@ -123,6 +171,7 @@ _IMPORTANCE: dict[str, Importance] = {
     "l2": Magnitude(2),
     "taylor": Taylor(),
     "random": RandomImportance(),
+    "activation": Activation(),
 }
 
 

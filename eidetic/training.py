@@ -22,6 +22,7 @@ from .errors import NonFiniteLossError, TaskError
 from .guard import Guard
 from .report import EpochStats
 from .scoring import ScoringContext
+from .slices import out_mask
 
 log = logging.getLogger("eidetic")
 
@@ -52,6 +53,36 @@ class Callback:
         """After every training epoch, pruning recovery epochs included."""
 
 
+class L1Penalty:
+    """CLNP's L1 regulariser: ``sum of coefficient * |w|`` over the weights of each layer's free
+    rows (the rows the task trains; frozen rows are left out, their gradients being discarded).
+
+    Args:
+        layers, graph, ownership: the network's layers, unit table and owners.
+        l1: one coefficient for every layer with weights, or ``{layer name: coefficient}``.
+    """
+
+    def __init__(self, layers, graph, ownership, l1: float | dict[str, float]) -> None:
+        weighted = [name for name, (_, spec) in layers.items() if spec.in_tensor is not None]
+        coefficients = dict.fromkeys(weighted, float(l1)) if isinstance(l1, (int, float)) else dict(l1)
+        unknown = sorted(set(coefficients) - set(weighted))
+        if unknown:
+            raise TaskError(f"l1 names {unknown}, which are not layers with weights; choose among {weighted}")
+        free = ownership.masks("free")
+        self.terms = []
+        for name, coefficient in coefficients.items():
+            module, spec = layers[name]
+            weight = getattr(module, spec.in_tensor)
+            row_dim = spec.out_dim_of(spec.in_tensor)
+            rows = out_mask(graph, name, free, weight.shape[row_dim]).to(weight.device, weight.dtype)
+            shape = [1] * weight.dim()
+            shape[row_dim] = -1
+            self.terms.append((weight, rows.view(shape), coefficient))
+
+    def __call__(self) -> torch.Tensor:
+        return sum(c * (w.abs() * rows).sum() for w, rows, c in self.terms)
+
+
 @dataclass
 class TaskSession:
     """Everything the training of one task needs."""
@@ -71,6 +102,7 @@ class TaskSession:
     clip_grad_norm: float | None = None
     callbacks: Sequence[Callback] = ()
     progress: bool = True
+    penalty: Callable[[], torch.Tensor] | None = None
     epochs_run: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -102,6 +134,8 @@ class TaskSession:
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.logits(x)
         loss = self.loss_fn(logits, y)
+        if self.penalty is not None:
+            loss = loss + self.penalty()
         loss.backward()
         if self.clip_grad_norm is not None:
             self.guard.zero_grads()
@@ -206,7 +240,8 @@ class TaskSession:
         self.head.eval()
         return ScoringContext(layers=layers, graph=graph,
                               batches=batches(self.train_loader, self.device, "train_data"),
-                              loss=lambda x, y: self.loss_fn(self.logits(x), y), max_batches=max_batches)
+                              loss=lambda x, y: self.loss_fn(self.logits(x), y), features=self.body,
+                              max_batches=max_batches)
 
 
 def _length(loader: DataLoader) -> int | None:
