@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .graph import Layers, UnitGraph
+from .heads import HeadSlice
 from .ownership import Ownership
 from .slices import head_columns, in_mask, out_positions, weight_entries
 
@@ -63,21 +64,21 @@ class Guard:
         layers: ``{name: (module, spec)}`` of the body.
         graph: the unit table.
         ownership: owners and pruning marks.
-        frozen_heads: heads of finished tasks (frozen whole).
-        head: the head of the task in training, or ``None``.
+        head_slices: what of the task heads is frozen (see :meth:`TaskHeads.frozen_slices`).
+        head: the head the task in training trains, or ``None``.
     """
 
     def __init__(self, layers: Layers, graph: UnitGraph, ownership: Ownership,
-                 frozen_heads: list[nn.Module], head: nn.Module | None = None) -> None:
+                 head_slices: list[HeadSlice], head: nn.Module | None = None) -> None:
         self.layers, self.graph, self.ownership, self.head = layers, graph, ownership, head
-        self.frozen = self._capture(frozen_heads)
+        self.frozen = self._capture(head_slices)
         self._by_tensor = {(f.module, f.name): f for f in self.frozen}
         self._stepped = [f for f in self.frozen if isinstance(f.tensor, nn.Parameter)]
         self.pruned_rows: list[_Rows] = []
         self.pruned_entries: list[_Entries] = []
         self.update_pruned()
 
-    def _capture(self, frozen_heads: list[nn.Module]) -> list[FrozenSlice]:
+    def _capture(self, head_slices: list[HeadSlice]) -> list[FrozenSlice]:
         frozen = self.ownership.masks("frozen")
         slices = []
         for name, (module, spec) in self.layers.items():
@@ -89,10 +90,8 @@ class Guard:
                 idx = index.to(tensor.device)
                 slices.append(FrozenSlice(name, tensor_name, tensor, dim, idx,
                                           tensor.detach().index_select(dim, idx).clone()))
-        for k, head in enumerate(frozen_heads):
-            for tensor_name, tensor in head.named_parameters():
-                idx = torch.arange(tensor.shape[0], device=tensor.device)
-                slices.append(FrozenSlice(f"heads.{k}", tensor_name, tensor, 0, idx, tensor.detach().clone()))
+        for module, tensor_name, tensor, dim, idx in head_slices:
+            slices.append(FrozenSlice(module, tensor_name, tensor, dim, idx, tensor.detach().index_select(dim, idx)))
         return slices
 
     def watch(self, optimizer: torch.optim.Optimizer) -> None:

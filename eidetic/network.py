@@ -82,9 +82,14 @@ class ContinualNetwork(nn.Module):
         logits = net.logits(x, task=0)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, single_head: bool = False) -> None:
+        """Args:
+        single_head: one output layer shared by all tasks, each task reading the feature units
+            owned by it and earlier tasks (CLNP's single-head setting; every task must have the
+            same number of classes), instead of one head per task.
+        """
         super().__init__()
-        self.heads = TaskHeads()
+        self.heads = TaskHeads(shared=single_head)
         self._eidetic = _State()
         self.register_load_state_dict_post_hook(_after_load)
 
@@ -97,13 +102,13 @@ class ContinualNetwork(nn.Module):
 
     @property
     def num_tasks(self) -> int:
-        """Number of tasks with a head (finished, plus the open one if any)."""
-        return len(self.heads)
+        """Number of tasks with an output (finished, plus the open one if any)."""
+        return self.heads.num_tasks
 
     @property
     def open_task(self) -> int | None:
         """The task trained with ``finish=False`` and not frozen yet, or ``None``."""
-        return len(self.heads) - 1 if len(self.heads) > self._eidetic.frozen_tasks else None
+        return self.num_tasks - 1 if self.num_tasks > self._eidetic.frozen_tasks else None
 
     def setup(self, example: torch.Tensor) -> UnitGraph:
         """Discover the unit graph from an example input batch (done by the first ``train_task``).
@@ -159,9 +164,9 @@ class ContinualNetwork(nn.Module):
             with torch.no_grad():
                 scores = net.logits(x, task=0)
         """
-        if not isinstance(task, int) or not 0 <= task < len(self.heads):
-            raise TaskError(f"task {task!r} has no head; trained tasks are 0..{len(self.heads) - 1}")
-        return self.heads[task](self(x).flatten(1))
+        if not isinstance(task, int) or not 0 <= task < self.num_tasks:
+            raise TaskError(f"task {task!r} has no head; trained tasks are 0..{self.num_tasks - 1}")
+        return self.heads.output(self(x).flatten(1), task)
 
     def predict(self, x: torch.Tensor, router=None) -> Prediction:
         """Predict the task and the class of every input, with no task id: one pass of the body,
@@ -184,7 +189,7 @@ class ContinualNetwork(nn.Module):
         if tasks == 0:
             raise TaskError("predict() needs at least one finished task")
         features = self(x).flatten(1)
-        logits = [self.heads[k](features) for k in range(tasks)]
+        logits = [self.heads.output(features, k) for k in range(tasks)]
         scores = self._eidetic.routers.choose(router, tasks).scores(features, logits)
         return route(scores, logits)
 
@@ -374,7 +379,7 @@ class ContinualNetwork(nn.Module):
         train_loader = as_loader(train_data, batch_size, shuffle=True, name="train_data")
         val_loader = None if val_data is None else as_loader(val_data, batch_size, shuffle=False, name="val_data")
         example = first_inputs(train_loader, "train_data")
-        head = self.heads[task]
+        head = self.heads.head(task)
         with self._transaction(example, optimizer) as tx:
             session = self._session(task, head, train_loader, val_loader, tx.optimizer(self._trainable(head)),
                                     loss_fn, metric, clip_grad_norm, callbacks, progress)
@@ -400,8 +405,8 @@ class ContinualNetwork(nn.Module):
         _check_int("memory", memory, 0)
         loader = None if data is None else as_loader(data, batch_size, shuffle=False, name="data")
         state = self._eidetic
-        counts = phases.freeze(state.layers, state.graph, state.ownership, task, self.heads[task])
-        self.heads.freeze(task)
+        counts = phases.freeze(state.layers, state.graph, state.ownership, task, self.heads.head(task))
+        self.heads.freeze(task, head_columns(state.graph, state.ownership.masks("frozen")))
         state.frozen_tasks += 1
         self._make_guard()
         if loader is not None:
@@ -412,7 +417,7 @@ class ContinualNetwork(nn.Module):
         """One pass over the task's data: class moments of its features, and exemplars."""
         state = self._eidetic
         frozen = head_columns(state.graph, state.ownership.masks("frozen"))
-        num_classes = self.heads[task].out_features
+        num_classes = self.heads.classes[task]
         moments = ClassMoments(num_classes, state.graph.feature_dim, self._device())
         reservoir = Reservoir(memory)
         was_training = self.training
@@ -452,7 +457,7 @@ class ContinualNetwork(nn.Module):
             print(net.capacity())
         """
         state = self._eidetic
-        heads = list(self.heads)[: state.frozen_tasks]
+        heads = [self.heads.head(k) for k in range(state.frozen_tasks)]
         return measure_capacity(state.layers, self._require_graph(), state.ownership, heads)
 
     # ------------------------------------------------------------------ persistence
@@ -465,7 +470,8 @@ class ContinualNetwork(nn.Module):
             "format": _FORMAT,
             "input_shape": list(state.input_shape),
             "input_dtype": str(state.input_dtype).removeprefix("torch."),
-            "num_classes": [h.out_features for h in self.heads],
+            "num_classes": list(self.heads.classes),
+            "single_head": self.heads.shared,
             "frozen_tasks": state.frozen_tasks,
             "groups": {g.key: g.size for g in state.graph},
             "owners": {k: v.clone() for k, v in state.ownership.owner.items()},
@@ -494,13 +500,16 @@ class ContinualNetwork(nn.Module):
             raise CheckpointError(f"the checkpoint (inputs {shape}, unit groups {extra['groups']}) does not match "
                                   f"this network (inputs {state.input_shape}, unit groups {sizes}): it was saved "
                                   "from a different architecture")
-        while len(self.heads):
+        if extra["single_head"] != self.heads.shared:
+            raise CheckpointError(f"the checkpoint was saved with single_head={extra['single_head']}, this network "
+                                  f"has single_head={self.heads.shared}")
+        while self.heads.num_tasks:
             self.heads.drop_last()
         for num_classes in extra["num_classes"]:
             self.heads.add(state.graph.feature_dim, num_classes, like=self._reference_tensor())
         state.frozen_tasks = extra["frozen_tasks"]
-        for t in range(state.frozen_tasks):
-            self.heads.freeze(t)
+        for t in range(state.frozen_tasks):  # masks are placeholders until the state dict fills them
+            self.heads.freeze(t, torch.zeros(state.graph.feature_dim))
         for key in sizes:
             state.ownership.owner[key].copy_(extra["owners"][key])
             state.ownership.pruned[key].copy_(extra["pruned"][key])
@@ -539,21 +548,23 @@ class ContinualNetwork(nn.Module):
         if self.open_task is not None:
             raise TaskError(f"task {self.open_task} is still open: call freeze({self.open_task}) and "
                             "recycle() before training another task")
-        if task < len(self.heads):
+        if task < self.num_tasks:
             raise TaskError(f"task {task} was already trained and is frozen; train a new task with "
-                            f"id {len(self.heads)}")
-        if task != len(self.heads):
+                            f"id {self.num_tasks}")
+        if task != self.num_tasks:
             raise TaskError(f"tasks are trained in order 0, 1, 2, ...: the next task is "
-                            f"{len(self.heads)}, not {task}")
+                            f"{self.num_tasks}, not {task}")
 
     def _trainable(self, head: nn.Module) -> list[nn.Parameter]:
-        frozen_heads = {id(p) for h in self.heads if h is not head for p in h.parameters()}
+        frozen = self.heads.frozen_modules(self._eidetic.frozen_tasks)
+        frozen_heads = {id(p) for h in frozen if h is not head for p in h.parameters()}
         return [p for p in self.parameters() if id(p) not in frozen_heads]
 
     def _make_guard(self, head: nn.Module | None = None) -> Guard:
         state = self._eidetic
-        frozen_heads = list(self.heads)[: state.frozen_tasks]
-        guard = Guard(state.layers, state.graph, state.ownership, frozen_heads, head)
+        features = head_columns(state.graph, state.ownership.masks("frozen"))
+        guard = Guard(state.layers, state.graph, state.ownership,
+                      self.heads.frozen_slices(state.frozen_tasks, features), head)
         state.norms.attach(guard)
         return guard
 
@@ -585,7 +596,7 @@ class ContinualNetwork(nn.Module):
             if created:
                 self._forget_graph()
             raise
-        heads, frozen, training = len(self.heads), state.frozen_tasks, self.training
+        heads, frozen, training = self.num_tasks, state.frozen_tasks, self.training
         routers = state.routers.checkpoint()
         tx = _OptimizerTransaction(optimizer)
         try:
@@ -593,7 +604,7 @@ class ContinualNetwork(nn.Module):
             self.train(training)
         except BaseException:
             self.train(training)
-            while len(self.heads) > heads:
+            while self.num_tasks > heads:
                 self.heads.drop_last()
             state.frozen_tasks = frozen
             state.routers.rollback(routers)

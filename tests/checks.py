@@ -44,10 +44,17 @@ def frozen_state(net) -> dict[tuple[str, str], tuple[int, torch.Tensor, torch.Te
             owners = _owner_of_outputs(net, name, tensor.shape[dim])
             index = (owners != FREE).nonzero().flatten()
             state[(name, tensor_name)] = (dim, index, tensor.detach().index_select(dim, index).clone())
-    for k in range(net._eidetic.frozen_tasks):
-        for tensor_name, tensor in net.heads[k].named_parameters():
-            index = torch.arange(tensor.shape[0])
-            state[(f"heads.{k}", tensor_name)] = (0, index, tensor.detach().clone())
+    tasks = net._eidetic.frozen_tasks
+    if net.heads.shared and tasks:
+        head = net.heads[0]
+        owned = (_owner_of_inputs(net, FEATURES, net.graph.feature_dim) >= 0).nonzero().flatten()
+        state[("heads.0", "weight")] = (1, owned, head.weight.detach().index_select(1, owned).clone())
+        state[("heads.0", "bias")] = (0, torch.arange(head.out_features), head.bias.detach().clone())
+    elif not net.heads.shared:
+        for k in range(tasks):
+            for tensor_name, tensor in net.heads[k].named_parameters():
+                index = torch.arange(tensor.shape[0])
+                state[(f"heads.{k}", tensor_name)] = (0, index, tensor.detach().clone())
     return state
 
 
@@ -76,6 +83,11 @@ def assert_resistance(net) -> None:
         entries = weight.movedim((row_dim, spec.in_dim), (0, 1))
         assert torch.all(entries[bad] == 0), f"{name}: a frozen row reads a free or later unit"
     cols = _owner_of_inputs(net, FEATURES, net.graph.feature_dim)
+    if net.heads.shared:  # task k reads the shared head through the mask of units owned by tasks <= k
+        for k in range(net._eidetic.frozen_tasks):
+            mask = getattr(net.heads, f"mask_{k}")
+            assert torch.equal(mask.bool(), (cols >= 0) & (cols <= k)), f"task {k}'s feature mask is wrong"
+        return
     for k in range(net._eidetic.frozen_tasks):
         bad = (cols != RAW) & ((cols == FREE) | (cols > k))
         assert torch.all(net.heads[k].weight.detach()[:, bad] == 0), f"head {k} reads a free or later unit"

@@ -24,10 +24,11 @@ ACTIVATIONS = {
 
 
 class MLP(eidetic.ContinualNetwork):
-    """Linear layers, optional BatchNorm and dropout; ``spec``: in, widths, bn, act, dropout."""
+    """Linear layers, optional BatchNorm and dropout; ``spec``: in, widths, bn, act, dropout,
+    single_head (default False)."""
 
     def __init__(self, spec: dict) -> None:
-        super().__init__()
+        super().__init__(single_head=spec.get("single_head", False))
         self.spec = spec
         sizes = [spec["in"], *spec["widths"]]
         self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(sizes))

@@ -22,6 +22,7 @@ def mlp_specs(draw) -> dict:
         "bn": draw(st.booleans()),
         "act": draw(st.sampled_from(sorted(ACTIVATIONS))),
         "dropout": draw(st.sampled_from([0.0, 0.25])),
+        "single_head": draw(st.booleans()),
     }
 
 

@@ -34,17 +34,18 @@ def round_trip(net: eidetic.ContinualNetwork, family, spec) -> eidetic.Continual
     return fresh
 
 
-def loader(plan, shape, t: int) -> DataLoader:
+def loader(plan, shape, t: int, classes: int) -> DataLoader:
     g = torch.Generator().manual_seed(100 + t)
     x = torch.randn(plan.samples, *shape, generator=g)
-    y = torch.randint(0, plan.classes, (plan.samples,), generator=g)
+    y = torch.randint(0, classes, (plan.samples,), generator=g)
     return DataLoader(TensorDataset(x, y), batch_size=plan.batch_size, shuffle=True, drop_last=True)
 
 
 def train(net, t, plan, shape, optimizer, seed) -> None:
     torch.manual_seed(seed)
-    net.train_task(t, loader(plan, shape, t), num_classes=plan.classes, optimizer=optimizer, epochs=plan.epochs,
-                   pruning=plan.pruning, clip_grad_norm=plan.clip, progress=False)
+    classes = net.heads.classes[0] if net.heads.shared and net.num_tasks else plan.classes
+    net.train_task(t, loader(plan, shape, t, classes), num_classes=classes, optimizer=optimizer,
+                   epochs=plan.epochs, pruning=plan.pruning, clip_grad_norm=plan.clip, progress=False)
 
 
 @given(family_spec=families, optimizer=optimizers(), plans=runs, seed=st.integers(0, 2**16))

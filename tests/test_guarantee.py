@@ -28,11 +28,12 @@ def run_and_check(family, spec, optimizer, plans, seed) -> None:
     logits: list[torch.Tensor] = []
     frozen: list[dict] = []
     for t, plan in enumerate(plans):
+        classes = plans[0].classes if spec.get("single_head") else plan.classes  # one shared head: same classes
         x = torch.randn(plan.samples, *shape) * (1 + t)
-        y = torch.randint(0, plan.classes, (plan.samples,))
+        y = torch.randint(0, classes, (plan.samples,))
         # drop_last: a last batch of one sample cannot be trained through BatchNorm
         loader = DataLoader(TensorDataset(x, y), batch_size=plan.batch_size, shuffle=True, drop_last=True)
-        net.train_task(t, loader, num_classes=plan.classes, optimizer=make_optimizer, epochs=plan.epochs,
+        net.train_task(t, loader, num_classes=classes, optimizer=make_optimizer, epochs=plan.epochs,
                        pruning=plan.pruning, clip_grad_norm=plan.clip, progress=False)
         now = all_logits(net, fixed)
         for j in range(t):
@@ -56,6 +57,7 @@ def run_and_check(family, spec, optimizer, plans, seed) -> None:
 
 @given(spec=mlp_specs(), optimizer=optimizers(), plans=runs, seed=seeds)
 def test_mlp_never_forgets(spec, optimizer, plans, seed):
+    """MLPs with one head per task or one shared head (CLNP's single-head setting)."""
     run_and_check(MLP, spec, optimizer, plans, seed)
 
 
