@@ -239,6 +239,8 @@ def graceful_prune(session: TaskSession, layers, graph: UnitGraph, ownership: Ow
 
 def _quantiles(ownership: Ownership, scores: dict[str, torch.Tensor]) -> list[float]:
     alive = torch.cat([scores[key][ownership.alive(key)] for key in ownership.group_keys()])
+    if alive.numel() == 0:
+        return []
     return torch.quantile(alive.double(), torch.linspace(0.1, 0.9, 9, dtype=torch.float64)).tolist()
 
 

@@ -1,0 +1,138 @@
+"""Task-ID-free inference: predict, the three routers, fitting without side effects."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+import eidetic
+
+from checks import all_logits, assert_persistent, frozen_state
+from models import MLP
+
+SPEC = {"in": 8, "widths": [16, 12], "bn": True, "act": "relu"}
+
+
+def separable_tasks(tasks: int = 3, n: int = 64, seed: int = 0) -> list[tuple[TensorDataset, TensorDataset]]:
+    """Each task lives in its own region of input space (a distinct mean), two classes each."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for t in range(tasks):
+        centre = torch.zeros(8)
+        centre[t] = 6.0
+        def sample(n_, centre=centre):
+            y = torch.randint(0, 2, (n_,), generator=g)
+            x = centre + torch.randn(n_, 8, generator=g) * 0.5
+            x[:, 7] += (2 * y - 1) * 1.5
+            return TensorDataset(x, y)
+        out.append((sample(n), sample(n)))
+    return out
+
+
+def train(tasks, **kwargs) -> MLP:
+    torch.manual_seed(0)
+    net = MLP(SPEC)
+    for t, (train_set, _) in enumerate(tasks):
+        net.train_task(t, train_set, batch_size=16, num_classes=2, epochs=3, progress=False,
+                       optimizer=lambda p: torch.optim.Adam(p, lr=0.02),
+                       pruning=eidetic.Pruning(step=0.3, tolerance=0.0), **kwargs)
+    return net
+
+
+@pytest.fixture(scope="module")
+def trained():
+    tasks = separable_tasks()
+    return train(tasks, memory=32), tasks
+
+
+def routing_accuracy(net, tasks, router) -> float:
+    x = torch.cat([test.tensors[0] for _, test in tasks])
+    truth = torch.cat([torch.full((len(test),), k) for k, (_, test) in enumerate(tasks)])
+    net.eval()
+    with torch.no_grad():
+        return float((net.predict(x, router=router).task == truth).float().mean())
+
+
+def test_the_learned_router_routes_separable_tasks(trained):
+    net, tasks = trained
+    assert routing_accuracy(net, tasks, "learned") >= 0.98
+
+
+def test_the_statistics_router_routes_separable_tasks_far_better_than_chance(trained):
+    # Data-free: it only sees what each task's frozen features see, so it is weaker than the
+    # learned router (docs/routing.md); chance is 1/3 here.
+    net, tasks = trained
+    assert routing_accuracy(net, tasks, "statistics") >= 0.8
+
+
+@pytest.mark.parametrize("measure", ["confidence", "max_softmax", "entropy", "energy"])
+def test_confidence_routers_return_valid_predictions(trained, measure):
+    net, tasks = trained
+    x = tasks[0][1].tensors[0]
+    net.eval()
+    with torch.no_grad():
+        p = net.predict(x, router=measure)
+    assert p.task.shape == (len(x),) and p.task.max() < 3 and p.label.max() < 2
+    assert torch.allclose(p.task_probs.sum(dim=1), torch.ones(len(x)))  # probabilities: approximate by nature
+
+
+def test_predict_uses_one_pass_of_the_body_and_the_chosen_head(trained):
+    net, tasks = trained
+    calls = []
+    handle = net.fcs[0].register_forward_hook(lambda *a: calls.append(1))
+    x = tasks[1][1].tensors[0]
+    net.eval()
+    with torch.no_grad():
+        p = net.predict(x)
+        oracle = net.logits(x, task=1)
+    handle.remove()
+    assert len(calls) == 2  # one for predict (all tasks), one for logits
+    assert torch.equal(p.logits[1], oracle)
+    chosen = p.task == 1
+    assert torch.equal(p.label[chosen], oracle.argmax(dim=1)[chosen])
+
+
+def test_fitting_the_router_changes_no_head_and_no_frozen_unit(trained):
+    net, tasks = trained
+    fixed = tasks[0][1].tensors[0]
+    before_logits, before_state = all_logits(net, fixed), frozen_state(net)
+    heads = [h.weight.detach().clone() for h in net.heads]
+    net.fit_router()
+    net.fit_router([train_set for train_set, _ in tasks], batch_size=32)
+    assert all(torch.equal(a, b) for a, b in zip(all_logits(net, fixed), before_logits))
+    assert all(torch.equal(h.weight, w) for h, w in zip(net.heads, heads))
+    assert_persistent(net, before_state)
+
+
+def test_the_router_state_survives_a_checkpoint(trained):
+    net, tasks = trained
+    copy = MLP(SPEC)
+    copy.load_state_dict(net.state_dict())
+    x = torch.cat([test.tensors[0] for _, test in tasks])
+    net.eval()
+    copy.eval()
+    with torch.no_grad():
+        for router in ("learned", "statistics"):
+            assert torch.equal(net.predict(x, router=router).task_scores, copy.predict(x, router=router).task_scores)
+
+
+def test_without_memory_the_learned_router_needs_data():
+    tasks = separable_tasks(2)
+    net = train(tasks, memory=0)
+    with pytest.raises(eidetic.TaskError, match="no exemplars"):
+        net.fit_router()
+    x = torch.cat([test.tensors[0] for _, test in tasks])
+    net.eval()
+    with torch.no_grad():  # the default falls back to the statistics router
+        assert torch.equal(net.predict(x).task_scores, net.predict(x, router="statistics").task_scores)
+    net.fit_router([train_set for train_set, _ in tasks], batch_size=32)
+    assert routing_accuracy(net, tasks, "learned") >= 0.98
+
+
+def test_unknown_router_and_missing_tasks_are_clear_errors(trained):
+    net, tasks = trained
+    with pytest.raises(ValueError, match="unknown router 'psychic'"):
+        net.predict(tasks[0][1].tensors[0], router="psychic")
+    with pytest.raises(eidetic.TaskError, match="at least one finished task"):
+        MLP(SPEC).predict(torch.randn(2, 8))
