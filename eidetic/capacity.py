@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .graph import FEATURES, Layers, UnitGraph, UnitGroup, input_positions
+from .graph import FEATURES, Layers, UnitGraph, UnitGroup
 from .ownership import FREE, Ownership
 from .slices import out_mask
 
@@ -95,12 +95,6 @@ def _units_read_by(layers: Layers, graph: UnitGraph, ownership: Ownership, heads
             read[slot.units[nonzero[slot.index]]] = True
             continue
         module, spec = layers[slot.module]
-        weight = getattr(module, spec.in_tensor)
-        row_dim = spec.out_dim_of(spec.in_tensor)
-        rows = out_mask(graph, slot.module, owned, weight.shape[row_dim]).to(weight.device)
-        nonzero = (weight != 0).movedim((row_dim, spec.in_dim), (0, 1))
-        nonzero = (nonzero.reshape(*nonzero.shape[:2], -1).any(dim=2) & rows[:, None]).cpu()
-        by_position = torch.zeros(weight.shape[spec.in_dim] * spec.groups, dtype=torch.bool)
-        by_position[input_positions(module, spec).expand_as(nonzero)[nonzero]] = True
-        read[slot.units[by_position[slot.index]]] = True
+        rows = out_mask(graph, slot.module, owned, spec.unit_count(module))
+        read[slot.units[spec.read_positions(module, rows)[slot.index]]] = True
     return read

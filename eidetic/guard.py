@@ -24,7 +24,7 @@ from torch import nn
 from .graph import Layers, UnitGraph
 from .heads import HeadSlice
 from .ownership import Ownership
-from .slices import head_columns, in_mask, out_positions, weight_entries
+from .slices import head_columns, in_mask, out_positions
 
 
 @dataclass
@@ -85,11 +85,10 @@ class Guard:
             index = out_positions(self.graph, name, frozen)
             if index.numel() == 0:
                 continue
-            for tensor_name, dim in spec.out_tensors:
+            for tensor_name, dim, idx, _ in spec.producer_slices(module, index):
                 tensor = getattr(module, tensor_name)
-                idx = index.to(tensor.device)
-                slices.append(FrozenSlice(name, tensor_name, tensor, dim, idx,
-                                          tensor.detach().index_select(dim, idx).clone()))
+                idx = idx.to(tensor.device)
+                slices.append(FrozenSlice(name, tensor_name, tensor, dim, idx, tensor.detach().index_select(dim, idx)))
         for module, tensor_name, tensor, dim, idx in head_slices:
             slices.append(FrozenSlice(module, tensor_name, tensor, dim, idx, tensor.detach().index_select(dim, idx)))
         return slices
@@ -115,16 +114,14 @@ class Guard:
         for name, (module, spec) in self.layers.items():
             index = out_positions(self.graph, name, pruned)
             if index.numel():
-                for tensor_name, dim in spec.out_tensors:
+                for tensor_name, dim, idx, _ in spec.producer_slices(module, index):
                     tensor = getattr(module, tensor_name)
                     if isinstance(tensor, nn.Parameter):
-                        self.pruned_rows.append(_Rows(tensor, dim, index.to(tensor.device)))
-            if spec.in_tensor is not None:
-                size = getattr(module, spec.in_tensor).shape[spec.in_dim] * spec.groups
-                columns = in_mask(self.graph, name, pruned, size)
-                if columns.any():
-                    self.pruned_entries.append(
-                        _Entries(getattr(module, spec.in_tensor), weight_entries(module, spec, None, columns)))
+                        self.pruned_rows.append(_Rows(tensor, dim, idx.to(tensor.device)))
+            columns = in_mask(self.graph, name, pruned, spec.input_size(module))
+            if columns.any():
+                for tensor_name, mask in spec.consumer_entries(module, None, columns):
+                    self.pruned_entries.append(_Entries(getattr(module, tensor_name), mask))
         if self.head is not None:
             columns = head_columns(self.graph, pruned)
             if columns.any():

@@ -18,7 +18,7 @@ from torch import nn
 
 from .graph import Layers, UnitGraph
 from .ownership import Ownership
-from .slices import head_columns, in_mask, out_mask, out_positions, weight_entries
+from .slices import head_columns, in_mask, out_mask, out_positions
 
 log = logging.getLogger("eidetic")
 
@@ -30,13 +30,11 @@ def cut(layers: Layers, graph: UnitGraph, ownership: Ownership, rows: dict[str, 
     """Zero, in the rows of the units selected by ``rows``, every entry reading a free unit."""
     free = ownership.masks("free")
     for name, (module, spec) in layers.items():
-        if spec.in_tensor is None:
-            continue
-        weight = getattr(module, spec.in_tensor)
-        selected = out_mask(graph, name, rows, weight.shape[spec.out_dim_of(spec.in_tensor)])
-        columns = in_mask(graph, name, free, weight.shape[spec.in_dim] * spec.groups)
+        selected = out_mask(graph, name, rows, spec.unit_count(module))
+        columns = in_mask(graph, name, free, spec.input_size(module))
         if selected.any() and columns.any():
-            weight.masked_fill_(weight_entries(module, spec, selected, columns), 0)
+            for tensor_name, mask in spec.consumer_entries(module, selected, columns):
+                getattr(module, tensor_name).masked_fill_(mask, 0)
     if head is not None:
         head.weight[:, head_columns(graph, free).to(head.weight.device)] = 0
 
@@ -71,9 +69,9 @@ def recycle(layers: Layers, graph: UnitGraph, ownership: Ownership) -> int:
         if fresh is None:
             log.warning("layer '%s' has no reset_parameters(); its free units keep their values", name)
             continue
-        for tensor_name, dim in spec.out_tensors:
+        for tensor_name, dim, idx, _ in spec.producer_slices(module, index):
             target, source = getattr(module, tensor_name), getattr(fresh, tensor_name)
-            idx = index.to(target.device)
+            idx = idx.to(target.device)
             target.data.index_copy_(dim, idx, source.index_select(dim, idx))
     ownership.release_pruned()
     return sum(int(m.sum()) for m in free.values())

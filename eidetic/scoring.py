@@ -71,10 +71,10 @@ def _per_unit(context: ScoringContext, per_position: Callable[[nn.Module, object
     for group in context.graph:
         for slot in group.outs:
             module, spec = context.layers[slot.module]
-            for tensor_name, dim in spec.out_tensors:
+            for tensor_name, dim, index, owner in spec.producer_slices(module, slot.index):
                 values = per_position(module, spec, tensor_name, dim)
                 if values is not None:
-                    scores[group.key].index_add_(0, slot.units, values.detach().double().cpu()[slot.index])
+                    scores[group.key].index_add_(0, slot.units[owner], values.detach().double().cpu()[index])
     return scores
 
 

@@ -1,17 +1,15 @@
 """From unit masks to tensor positions: where selected units sit in each layer's tensors.
 
 A *unit mask* is ``{group key: bool tensor over the group's units}`` (for example the frozen
-units, or the pruned ones). These helpers turn such masks into positions along a layer's output
-dimension, into masks over a layer's input positions, and into element masks over the weight
-entries that read them.
+units, or the pruned ones). These helpers turn such masks into unit positions of a layer and into
+masks over a layer's input positions; the layer's ``LayerSpec`` maps those onto its tensors.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .graph import FEATURES, LayerSpec, UnitGraph, input_positions
-from .graph.layers import broadcast_rows_cols
+from .graph import FEATURES, UnitGraph
 
 UnitMasks = dict[str, torch.Tensor]
 
@@ -40,21 +38,6 @@ def in_mask(graph: UnitGraph, module: str, masks: UnitMasks, size: int) -> torch
     for g, slot in graph.in_slots(module):
         mask[slot.positions_of(masks[g.key])] = True
     return mask
-
-
-def weight_entries(module: torch.nn.Module, spec: LayerSpec, rows: torch.Tensor | None,
-                   columns: torch.Tensor) -> torch.Tensor:
-    """Element mask (broadcastable to ``spec.in_tensor``) of entries in ``rows`` x ``columns``.
-
-    ``columns`` is a mask over input positions; ``rows`` a mask over output rows, or ``None``
-    for every row. Grouped layers are handled through :func:`input_positions`.
-    """
-    positions = input_positions(module, spec)
-    mask2d = columns[positions]
-    if rows is not None:
-        mask2d = mask2d & rows[:, None]
-    weight = getattr(module, spec.in_tensor)
-    return broadcast_rows_cols(mask2d, weight, spec).to(weight.device)
 
 
 def head_columns(graph: UnitGraph, masks: UnitMasks) -> torch.Tensor:

@@ -63,7 +63,7 @@ class L1Penalty:
     """
 
     def __init__(self, layers, graph, ownership, l1: float | dict[str, float]) -> None:
-        weighted = [name for name, (_, spec) in layers.items() if spec.in_tensor is not None]
+        weighted = [name for name, (module, spec) in layers.items() if spec.input_size(module)]
         coefficients = dict.fromkeys(weighted, float(l1)) if isinstance(l1, (int, float)) else dict(l1)
         unknown = sorted(set(coefficients) - set(weighted))
         if unknown:
@@ -72,12 +72,11 @@ class L1Penalty:
         self.terms = []
         for name, coefficient in coefficients.items():
             module, spec = layers[name]
-            weight = getattr(module, spec.in_tensor)
-            row_dim = spec.out_dim_of(spec.in_tensor)
-            rows = out_mask(graph, name, free, weight.shape[row_dim]).to(weight.device, weight.dtype)
-            shape = [1] * weight.dim()
-            shape[row_dim] = -1
-            self.terms.append((weight, rows.view(shape), coefficient))
+            rows = out_mask(graph, name, free, spec.unit_count(module))
+            every_input = torch.ones(spec.input_size(module), dtype=torch.bool)
+            for tensor_name, mask in spec.consumer_entries(module, rows, every_input):
+                weight = getattr(module, tensor_name)
+                self.terms.append((weight, mask.to(weight.dtype), coefficient))
 
     def __call__(self) -> torch.Tensor:
         return sum(c * (w.abs() * rows).sum() for w, rows, c in self.terms)

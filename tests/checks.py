@@ -1,7 +1,8 @@
 """Independent checks of the guarantee: what must hold after every task.
 
-These helpers read the unit table and the owners, but compute frozen positions and cut entries
-on their own rather than through eidetic's guard.
+These helpers read the unit table, the owners and each layer's ``LayerSpec`` (where a unit's
+slices live), but compute frozen positions and cut entries on their own rather than through
+eidetic's guard.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import torch
 
 import eidetic
-from eidetic.graph import FEATURES, input_positions
+from eidetic.graph import FEATURES
 
 FREE = eidetic.FREE
 RAW = -2  # an input position that reads no unit (the network's input)
@@ -39,10 +40,9 @@ def frozen_state(net) -> dict[tuple[str, str], tuple[int, torch.Tensor, torch.Te
     """``{(module, tensor): (dim, owned positions, their values)}`` of every owned slice."""
     state = {}
     for name, (module, spec) in net._eidetic.layers.items():
-        for tensor_name, dim in spec.out_tensors:
+        owned = (_owner_of_outputs(net, name, spec.unit_count(module)) != FREE).nonzero().flatten()
+        for tensor_name, dim, index, _ in spec.producer_slices(module, owned):
             tensor = getattr(module, tensor_name)
-            owners = _owner_of_outputs(net, name, tensor.shape[dim])
-            index = (owners != FREE).nonzero().flatten()
             state[(name, tensor_name)] = (dim, index, tensor.detach().index_select(dim, index).clone())
     tasks = net._eidetic.frozen_tasks
     if net.heads.shared and tasks:
@@ -71,17 +71,13 @@ def assert_resistance(net) -> None:
     """In rows of a unit owned by task k, every entry reading a free unit or a unit of a task
     after k is exactly zero; the same for head k's columns."""
     for name, (module, spec) in net._eidetic.layers.items():
-        if spec.in_tensor is None:
-            continue
-        weight = getattr(module, spec.in_tensor).detach()
-        row_dim = spec.out_dim_of(spec.in_tensor)
-        rows = _owner_of_outputs(net, name, weight.shape[row_dim])
-        cols = _owner_of_inputs(net, name, weight.shape[spec.in_dim] * spec.groups)
-        positions = input_positions(module, spec).expand(weight.shape[row_dim], -1)
-        read = cols[positions]
-        bad = (rows[:, None] >= 0) & (read != RAW) & ((read == FREE) | (read > rows[:, None]))
-        entries = weight.movedim((row_dim, spec.in_dim), (0, 1))
-        assert torch.all(entries[bad] == 0), f"{name}: a frozen row reads a free or later unit"
+        rows = _owner_of_outputs(net, name, spec.unit_count(module))
+        cols = _owner_of_inputs(net, name, spec.input_size(module))
+        for k in rows[rows >= 0].unique().tolist():
+            later = (cols != RAW) & ((cols == FREE) | (cols > k))
+            for tensor_name, mask in spec.consumer_entries(module, rows == k, later):
+                entries = getattr(module, tensor_name).detach()[mask.expand_as(getattr(module, tensor_name))]
+                assert torch.all(entries == 0), f"{name}.{tensor_name}: a row of task {k} reads a free or later unit"
     cols = _owner_of_inputs(net, FEATURES, net.graph.feature_dim)
     if net.heads.shared:  # task k reads the shared head through the mask of units owned by tasks <= k
         for k in range(net._eidetic.frozen_tasks):

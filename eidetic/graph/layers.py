@@ -89,6 +89,95 @@ class LayerSpec:
             names.add(self.in_tensor)
         return names
 
+    # The methods below are what the rest of eidetic uses. A layer whose units do not map one to
+    # one onto slices of its tensors (a recurrent layer: gate rows, several tensors) overrides
+    # them; see ``eidetic/graph/recurrent.py``.
+
+    def unit_count(self, module: nn.Module) -> int:
+        """Number of units the layer produces (its *unit positions* are ``0..count-1``)."""
+        name, dim = self.out_tensors[0]
+        return getattr(module, name).shape[dim]
+
+    def producer_slices(self, module: nn.Module, positions: torch.Tensor) -> list[ProducerSlice]:
+        """The tensor slices owned by the units at ``positions``: ``(tensor name, dim, index,
+        owner)``, where ``owner[i]`` is the entry of ``positions`` that ``index[i]`` belongs to."""
+        owner = torch.arange(len(positions), device=positions.device)
+        return [(name, dim, positions, owner) for name, dim in self.out_tensors]
+
+    def input_size(self, module: nn.Module) -> int:
+        """Number of input positions the layer reads (0 if it reads no units)."""
+        if self.in_tensor is None:
+            return 0
+        return getattr(module, self.in_tensor).shape[self.in_dim] * self.groups
+
+    def consumer_entries(self, module: nn.Module, rows: torch.Tensor | None,
+                         columns: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """Element masks of the entries by which the units selected by ``rows`` (a mask over
+        unit positions, ``None`` for all) read the input positions selected by ``columns``:
+        ``(tensor name, mask broadcastable to the tensor)``."""
+        if self.in_tensor is None:
+            return []
+        mask2d = columns[input_positions(module, self)]
+        if rows is not None:
+            mask2d = mask2d & rows[:, None]
+        weight = getattr(module, self.in_tensor)
+        return [(self.in_tensor, broadcast_rows_cols(mask2d, weight, self).to(weight.device))]
+
+    def read_positions(self, module: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+        """Input positions that the units selected by ``rows`` read through a non-zero weight."""
+        read = torch.zeros(self.input_size(module), dtype=torch.bool)
+        if self.in_tensor is None:
+            return read
+        weight = getattr(module, self.in_tensor)
+        nonzero = (weight != 0).movedim((self.out_dim_of(self.in_tensor), self.in_dim), (0, 1))
+        nonzero = (nonzero.reshape(*nonzero.shape[:2], -1).any(dim=2) & rows.to(weight.device)[:, None]).cpu()
+        read[input_positions(module, self).expand_as(nonzero)[nonzero]] = True
+        return read
+
+    # Probing (see ``eidetic/graph/probe.py``): how the units appear in the layer's activations.
+
+    def perturb(self, output, units: list[int], samples: int):
+        """``output`` with ``+D`` added to unit ``units[q // 2]`` in copy ``q`` (``-D`` for odd
+        ``q``); each copy is ``samples`` consecutive samples of the batch."""
+        tensor = _first_tensor(output)
+        moved = tensor.movedim(self.out_unit_dim, -1)
+        delta = _offsets(moved.reshape(moved.shape[0], -1, moved.shape[-1]), units, samples)
+        changed = tensor + delta.reshape(moved.shape).movedim(-1, self.out_unit_dim)
+        return changed if isinstance(output, torch.Tensor) else (changed, *output[1:])
+
+    def input_changes(self, now, base, copies: int) -> torch.Tensor:
+        """``(copies, positions)``: which input positions differ from the baseline in each copy."""
+        diff = (now != base).movedim(self.in_unit_dim, -1)
+        return diff.reshape(copies, -1, diff.shape[-1]).any(dim=1)
+
+    def internal_slots(self, module: nn.Module) -> list[tuple[int, int]]:
+        """``(unit position, input position)`` pairs by which the layer reads its own units
+        (a recurrence); the probe cannot see them, so the layer declares them."""
+        return []
+
+
+ProducerSlice = tuple[str, int, torch.Tensor, torch.Tensor]
+
+
+def _first_tensor(value) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    raise TypeError(f"expected a tensor output, got {type(value).__name__}")
+
+
+def _offsets(batch_rows: torch.Tensor, units: list[int], samples: int) -> torch.Tensor:
+    """Offsets for a ``(batch, rest, units)`` view: copy ``q`` (``samples`` rows of the batch)
+    gets ``+/-D`` on unit ``units[q // 2]``, with ``D`` well above the activations' magnitude."""
+    k, size = len(units), batch_rows.shape[-1]
+    scale = 10.0 * (1.0 + float(batch_rows.detach().abs().amax())) if batch_rows.numel() else 10.0
+    sign = torch.tensor([1.0, -1.0], dtype=batch_rows.dtype, device=batch_rows.device).repeat(k)
+    onehot = torch.zeros(2 * k, size, dtype=batch_rows.dtype, device=batch_rows.device)
+    onehot[torch.arange(2 * k), torch.tensor(units).repeat_interleave(2)] = 1.0
+    delta = (onehot * sign[:, None] * scale)[:, None, None, :]
+    return delta.expand(2 * k, samples, batch_rows.shape[1], size).reshape(batch_rows.shape)
+
 
 SpecFn = Callable[[nn.Module], LayerSpec]
 Layers = dict[str, tuple[nn.Module, LayerSpec]]  # {module name: (module, spec)}, in module order

@@ -58,18 +58,9 @@ class _UnionFind:
         return comps
 
 
-def _first_tensor(value):
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
-        return value[0]
-    raise GraphError(f"expected a tensor, got {type(value).__name__}")
-
-
-def _changed(now: torch.Tensor, base: torch.Tensor, unit_dim: int, copies: int) -> torch.Tensor:
-    """``(copies, positions)``: which unit positions differ from the baseline in each copy."""
-    diff = (now != base).movedim(unit_dim, -1)
-    return diff.reshape(copies, -1, diff.shape[-1]).any(dim=1)
+def _feature_changes(now: torch.Tensor, base: torch.Tensor, copies: int) -> torch.Tensor:
+    """``(copies, features)``: which features of the body's output moved in each copy."""
+    return (now != base).reshape(copies, -1, now.shape[-1]).any(dim=1)
 
 
 class _Recorder:
@@ -77,43 +68,27 @@ class _Recorder:
 
     def __init__(self, layers: Layers) -> None:
         self.layers = layers
-        self.inputs: dict[str, torch.Tensor] = {}
-        self.outputs: dict[str, torch.Tensor] = {}
+        self.inputs: dict[str, object] = {}
+        self.outputs: dict[str, object] = {}
         self.calls: dict[str, int] = defaultdict(int)
-        self.clamp: dict[str, torch.Tensor] | None = None
-        self.perturb: tuple[str, torch.Tensor] | None = None
+        self.clamp: dict[str, object] | None = None
+        self.perturb: tuple[str, list[int], int] | None = None  # (layer, units, samples per copy)
 
     def hook(self, name: str):
         spec = self.layers[name][1]
 
         def fn(module, args, output):
             self.calls[name] += 1
-            if args and isinstance(args[0], torch.Tensor):
+            if args:
                 self.inputs[name] = args[0]
-            out = _first_tensor(output)
             if self.perturb is not None and self.perturb[0] == name:
-                out = out + self.perturb[1]
+                output = spec.perturb(output, self.perturb[1], self.perturb[2])
             elif self.clamp is not None and not spec.passthrough and name in self.clamp:
-                out = self.clamp[name]
-            self.outputs[name] = out
-            if out is output or isinstance(output, torch.Tensor):
-                return out
-            return (out, *output[1:])
+                output = self.clamp[name]
+            self.outputs[name] = output
+            return output
 
         return fn
-
-
-def _offset(base: torch.Tensor, unit_dim: int, units: list[int], copies_per_sample: int) -> torch.Tensor:
-    """A tensor like ``base`` adding ``+/-D`` to unit ``units[q // 2]`` in copy ``q``."""
-    moved = base.movedim(unit_dim, -1)
-    k, size = len(units), moved.shape[-1]
-    scale = 10.0 * (1.0 + float(base.detach().abs().amax())) if base.numel() else 10.0
-    sign = torch.tensor([1.0, -1.0], dtype=base.dtype, device=base.device).repeat(k)
-    onehot = torch.zeros(2 * k, size, dtype=base.dtype, device=base.device)
-    onehot[torch.arange(2 * k), torch.tensor(units).repeat_interleave(2)] = 1.0
-    delta = (onehot * sign[:, None] * scale).view(2 * k, *([1] * (moved.dim() - 1)), size)
-    delta = delta.expand(2 * k, copies_per_sample, *moved.shape[1:-1], size)
-    return delta.reshape(moved.shape).movedim(-1, unit_dim)
 
 
 def measure(forward: Callable[[torch.Tensor], torch.Tensor], layers: Layers, example: torch.Tensor,
@@ -156,13 +131,15 @@ def measure(forward: Callable[[torch.Tensor], torch.Tensor], layers: Layers, exa
                     baselines[copies] = (rec.inputs, rec.outputs, feats.flatten(1))
                 return baselines[copies]
 
-            sizes = {n: rec.outputs[n].shape[s.out_unit_dim] for n, (_, s) in used.items()}
-            for name, size in sizes.items():
+            for name, (module, spec) in used.items():
+                size = spec.unit_count(module)
                 for start in range(0, size, chunk):
                     units = list(range(start, min(start + chunk, size)))
                     _probe(forward, rec, used, name, units, samples, example, baseline, uf)
                 for pos in range(size):
                     uf.add(("out", name, pos))
+                for unit, position in spec.internal_slots(module):
+                    uf.union(("out", name, unit), ("in", name, position))
     finally:
         for h in handles:
             h.remove()
@@ -173,9 +150,8 @@ def _probe(forward, rec: _Recorder, layers: Layers, name: str, units: list[int],
            example: torch.Tensor, baseline, uf: _UnionFind) -> None:
     copies = 2 * len(units)
     base_in, base_out, base_feats = baseline(copies)
-    spec = layers[name][1]
     rec.clamp = base_out
-    rec.perturb = (name, _offset(base_out[name], spec.out_unit_dim, units, samples))
+    rec.perturb = (name, units, samples)
     rec.inputs, rec.outputs = {}, {}
     feats = forward(example.repeat(copies, *([1] * (example.dim() - 1)))).flatten(1)
     rec.clamp, rec.perturb = None, None
@@ -183,10 +159,10 @@ def _probe(forward, rec: _Recorder, layers: Layers, name: str, units: list[int],
     for other, (_, other_spec) in layers.items():
         if other == name or other not in rec.inputs or other not in base_in:
             continue
-        moved = _changed(rec.inputs[other], base_in[other], other_spec.in_unit_dim, copies)
+        moved = other_spec.input_changes(rec.inputs[other], base_in[other], copies)
         role = "out" if other_spec.passthrough else "in"
         reached.append((role, other, moved))
-    reached.append(("in", FEATURES, _changed(feats, base_feats, -1, copies)))
+    reached.append(("in", FEATURES, _feature_changes(feats, base_feats, copies)))
     for role, other, moved in reached:
         hits = moved.view(len(units), 2, -1).any(dim=1)
         for i, pos in hits.nonzero().tolist():
