@@ -169,6 +169,10 @@ class LearnedRouter:
         """Fit on ``features[:, mask]`` (the frozen features) labelled with their ``tasks``."""
         self.mask = mask.to(features.device)
         features = features.detach()[:, self.mask]
+        if not features.shape[1]:  # no frozen feature to route by: every task scores the same
+            self.mean = self.scale = features.new_zeros(0)
+            self.weight, self.bias = features.new_zeros(num_tasks, 0), features.new_zeros(num_tasks)
+            return
         self.mean = features.mean(dim=0)
         self.scale = features.std(dim=0, correction=0).clamp(min=1e-6)
         x = (features - self.mean) / self.scale

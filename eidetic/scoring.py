@@ -90,7 +90,7 @@ class Magnitude:
 
     def __call__(self, context: ScoringContext) -> dict[str, torch.Tensor]:
         def per_position(module, spec, name, dim):
-            if name not in spec.score_tensors:
+            if not spec.scored(name):
                 return None
             return _reduce(getattr(module, name), dim, lambda t: t.abs() ** self.p)
 
@@ -127,23 +127,21 @@ class Activation:
     def __call__(self, context: ScoringContext) -> dict[str, torch.Tensor]:
         readers = {slot.module for group in context.graph for slot in group.ins}
         sums: dict[str, torch.Tensor] = {}
-        samples = 0
+        batches = 0
 
-        def record(name: str, value: torch.Tensor, unit_dim: int) -> None:
-            moved = value.detach().abs().movedim(unit_dim, -1)
-            total = moved.reshape(-1, moved.shape[-1]).double().sum(dim=0) / (moved.numel() // moved.shape[-1])
-            sums[name] = sums.get(name, 0) + total * len(value)
+        def reader(name: str, spec):
+            def hook(module, args, output):
+                sums[name] = sums.get(name, 0) + spec.input_activity(module, args, output)
+            return hook
 
-        def reader(name: str, unit_dim: int):
-            return lambda module, args: record(name, args[0], unit_dim)
-
-        hooks = [module.register_forward_pre_hook(reader(name, spec.in_unit_dim))
+        hooks = [module.register_forward_hook(reader(name, spec))
                  for name, (module, spec) in context.layers.items() if name in readers]
         try:
             with torch.no_grad():
                 for x, _ in context.limited_batches():
-                    record(FEATURES, context.features(x).flatten(1), -1)
-                    samples += len(x)
+                    features = context.features(x).flatten(1).detach().abs().double().mean(dim=0)
+                    sums[FEATURES] = sums.get(FEATURES, 0) + features
+                    batches += 1
         finally:
             for hook in hooks:
                 hook.remove()
@@ -152,7 +150,7 @@ class Activation:
             total = torch.zeros(group.size, dtype=torch.float64)
             count = torch.zeros(group.size, dtype=torch.float64)
             for slot in group.ins:
-                activity = sums[slot.module].cpu()[slot.index] / max(samples, 1)
+                activity = sums[slot.module].cpu()[slot.index] / max(batches, 1)
                 total.index_add_(0, slot.units, activity)
                 count.index_add_(0, slot.units, torch.ones_like(activity))
             scores[group.key] = total / count.clamp(min=1)

@@ -160,7 +160,7 @@ class _Wrap(eidetic.ContinualNetwork):
         (nn.LayerNorm(4), "LayerNorm.*normalises across units"),
         (nn.GroupNorm(2, 4), "GroupNorm.*normalises across units"),
         (nn.MultiheadAttention(4, 2), "attention mixes units"),
-        (nn.LSTM(4, 4), "recurrent layers are not supported"),
+        (nn.LSTMCell(4, 4), "recurrent cells stepped by hand"),
         (nn.BatchNorm1d(4, track_running_stats=False), "track_running_stats=False"),
         (nn.PReLU(4), "not supported"),
     ],

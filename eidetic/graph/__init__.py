@@ -18,6 +18,7 @@ from torch import nn
 from ..errors import UnsupportedLayerError
 from .layers import Layers, LayerSpec, check_supported, input_positions, register_layer, spec_of
 from .probe import measure
+from .recurrent import RecurrentSpec, check_recurrent, recurrent_spec
 from .table import FEATURES, Slot, UnitGraph, UnitGroup
 from .tracer import propose
 from .validate import compare
@@ -26,6 +27,7 @@ __all__ = [
     "FEATURES",
     "LayerSpec",
     "Layers",
+    "RecurrentSpec",
     "Slot",
     "UnitGraph",
     "UnitGroup",
@@ -39,6 +41,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("eidetic")
+
+for _recurrent in (nn.LSTM, nn.GRU, nn.RNN):
+    register_layer(_recurrent, recurrent_spec)
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -93,6 +98,9 @@ def discover(net: nn.Module, forward: Forward, example: torch.Tensor, *,
         if unused:
             log.warning("layers %s are never called by forward(); they take no part in continual "
                         "learning", unused)
+        if any(isinstance(spec, RecurrentSpec) for _, spec in used.values()):
+            log.info("torch-pruning does not handle recurrent layers; the probe's table is used as it is")
+            return measured
         try:
             proposal = propose(net, forward, used, example, measured.feature_dim)
         except Exception as exc:
@@ -113,13 +121,34 @@ def validate(net: nn.Module, forward: Forward, example: torch.Tensor, table: Uni
              exclude: Iterable[nn.Module] = ()) -> list[str]:
     """Re-measure the couplings of ``net`` and list every way ``table`` differs from them.
 
-    Returns an empty list when ``table`` is right.
+    Recurrent layers, whose inner couplings the probe cannot see, are also checked unit by unit
+    (:func:`~eidetic.graph.recurrent.check_recurrent`). Returns an empty list when ``table`` is
+    right.
     """
     layers = collect_layers(net, exclude)
     modes = _in_eval(net)
     try:
         measured = measure(forward, layers, example)
+        problems = compare(table, measured)
+        recurrent = {n: ms for n, ms in layers.items() if isinstance(ms[1], RecurrentSpec)}
+        inputs: dict[str, tuple] = {}
+
+        def keep(name: str):
+            def hook(module, args, output) -> None:
+                inputs.setdefault(name, args)
+            return hook
+
+        handles = [m.register_forward_hook(keep(n)) for n, (m, _) in recurrent.items()]
+        try:
+            with torch.no_grad():
+                forward(example)
+        finally:
+            for h in handles:
+                h.remove()
+        for name, (module, spec) in recurrent.items():
+            if name in inputs:
+                problems += check_recurrent(name, module, spec, inputs[name])
     finally:
         for module, mode in modes.items():
             module.training = mode
-    return compare(table, measured)
+    return problems

@@ -155,6 +155,17 @@ class LayerSpec:
         (a recurrence); the probe cannot see them, so the layer declares them."""
         return []
 
+    # Scoring (see ``eidetic/scoring.py``).
+
+    def scored(self, tensor_name: str) -> bool:
+        """Whether ``tensor_name`` counts in the magnitude (L1/L2) of a unit."""
+        return tensor_name in self.score_tensors
+
+    def input_activity(self, module: nn.Module, args, output) -> torch.Tensor:
+        """Mean absolute activity of each input position in one forward call (CLNP)."""
+        moved = args[0].detach().abs().movedim(self.in_unit_dim, -1)
+        return moved.reshape(-1, moved.shape[-1]).double().mean(dim=0)
+
 
 ProducerSlice = tuple[str, int, torch.Tensor, torch.Tensor]
 
@@ -263,8 +274,9 @@ _REFUSED: list[tuple[tuple[type, ...], str]] = [
         "Linear layers.",
     ),
     (
-        (nn.RNNBase, nn.RNNCellBase),
-        "recurrent layers are not supported by this version of eidetic yet.",
+        (nn.RNNCellBase,),
+        "recurrent cells stepped by hand in forward are not supported (the same cell is applied at "
+        "every step). Use nn.LSTM, nn.GRU or nn.RNN over the whole sequence.",
     ),
     (
         (nn.modules.conv._ConvTransposeNd,),
