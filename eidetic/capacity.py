@@ -69,19 +69,29 @@ class Capacity:
 
 
 def measure_capacity(layers: Layers, graph: UnitGraph, ownership: Ownership, heads: list[nn.Linear]) -> Capacity:
-    """The :class:`Capacity` of a network whose finished tasks have the given ``heads``."""
+    """The :class:`Capacity` of a network whose finished tasks have the given ``heads``.
+
+    A stacked or bidirectional recurrent module gets one row per layer and direction, named
+    ``module.l{k}[_reverse]`` (see :meth:`UnitGroup.blocks`).
+    """
     result = []
     for group in graph:
         owner = ownership.owner[group.key]
-        reused = {}
-        for task in range(len(heads)):
-            read = _units_read_by(layers, graph, ownership, heads, group, task)
-            count = int((read & (owner != FREE) & (owner < task)).sum())
-            if count:
-                reused[task] = count
-        result.append(LayerCapacity(group.key, group.modules, group.size, int((owner == FREE).sum()),
-                                    ownership.counts(group.key), reused))
+        reads = [_units_read_by(layers, graph, ownership, heads, group, task) for task in range(len(heads))]
+        for name, units in group.blocks(layers):
+            result.append(_block_capacity(name, group, owner[units], [read[units] for read in reads]))
     return Capacity(result)
+
+
+def _block_capacity(name: str, group: UnitGroup, owner: torch.Tensor, reads: list[torch.Tensor]) -> LayerCapacity:
+    tasks, counts = owner[owner != FREE].unique(return_counts=True)
+    reused = {}
+    for task, read in enumerate(reads):
+        count = int((read & (owner != FREE) & (owner < task)).sum())
+        if count:
+            reused[task] = count
+    return LayerCapacity(name, group.modules, len(owner), int((owner == FREE).sum()),
+                         dict(zip(tasks.tolist(), counts.tolist())), reused)
 
 
 def _units_read_by(layers: Layers, graph: UnitGraph, ownership: Ownership, heads: list[nn.Linear],

@@ -135,31 +135,42 @@ def _check_common(config, name: str) -> None:
         raise TaskError(f"{name}(score_batches={config.score_batches!r}): use None or a positive int")
 
 
-def select(ownership: Ownership, scores: dict[str, torch.Tensor], fraction: float | None = None,
-           threshold: float | None = None) -> dict[str, int]:
-    """Mark low-scored alive units of every group as pruned; return counts per group.
+def select(ownership: Ownership, scores: dict[str, torch.Tensor], blocks: dict[str, list[torch.Tensor]],
+           fraction: float | None = None, threshold: float | None = None) -> dict[str, int]:
+    """Mark low-scored alive units of every block as pruned; return counts per group.
 
-    Takes ``round(fraction * alive)`` units per group, or every alive unit scoring at most
-    ``threshold``; never a frozen or already pruned one, and never the last unit of a group
-    that has no frozen units.
+    ``blocks`` gives, per group, the unit sets ranked apart (each layer of a stacked recurrent
+    module: their magnitudes are not comparable). Takes ``round(fraction * alive)`` units per
+    block, or every alive unit scoring at most ``threshold``; never a frozen or already pruned
+    one, and never the last unit of a block that has no frozen units.
     """
-    removed = {}
+    removed: dict[str, int] = {}
     for key in ownership.group_keys():
-        alive = ownership.alive(key)
-        n = int(alive.sum())
-        keep = 0 if ownership.frozen(key).any() else 1
-        if threshold is None:
-            wanted = math.floor(fraction * n + 0.5)
-        else:
-            wanted = int((alive & (scores[key] <= threshold)).sum())
-        k = min(wanted, n - keep)
-        if k <= 0:
-            continue
-        candidates = scores[key].clone()
-        candidates[~alive] = math.inf
-        ownership.pruned[key][torch.topk(candidates, k, largest=False).indices] = True
-        removed[key] = k
+        for units in blocks[key]:
+            k = _select_block(ownership, key, units, scores[key], fraction, threshold)
+            if k:
+                removed[key] = removed.get(key, 0) + k
     return removed
+
+
+def _select_block(ownership: Ownership, key: str, units: torch.Tensor, scores: torch.Tensor,
+                  fraction: float | None, threshold: float | None) -> int:
+    alive = ownership.alive(key)[units]
+    n = int(alive.sum())
+    keep = 0 if ownership.frozen(key)[units].any() else 1
+    wanted = math.floor(fraction * n + 0.5) if threshold is None else int((alive & (scores[units] <= threshold)).sum())
+    k = min(wanted, n - keep)
+    if k <= 0:
+        return 0
+    candidates = scores[units].clone()
+    candidates[~alive] = math.inf
+    ownership.pruned[key][units[torch.topk(candidates, k, largest=False).indices]] = True
+    return k
+
+
+def group_blocks(layers, graph: UnitGraph) -> dict[str, list[torch.Tensor]]:
+    """``{group key: unit sets pruned apart}`` (see :meth:`UnitGroup.blocks`)."""
+    return {group.key: [units for _, units in group.blocks(layers)] for group in graph}
 
 
 def prune_until(session: TaskSession, layers, graph: UnitGraph, ownership: Ownership, config: Pruning,
@@ -170,13 +181,14 @@ def prune_until(session: TaskSession, layers, graph: UnitGraph, ownership: Owner
     floor = reference * (1.0 - config.tolerance)
     snapshot = Snapshot(session.body, session.guard, ownership)
     strategy = importance(config.method)
+    blocks = group_blocks(layers, graph)
     steps: list[PruneStep] = []
     fraction, threshold, retries = config.step, config.threshold, 0
     while config.max_steps is None or len(steps) < config.max_steps:
         snapshot.capture()
         scores = strategy(session.scoring_context(layers, graph, config.score_batches))
         alive = _alive(ownership)
-        removed = select(ownership, scores, fraction if threshold is None else None, threshold)
+        removed = select(ownership, scores, blocks, fraction if threshold is None else None, threshold)
         if not removed:
             log.info("task %d: a pruning step removes no unit; stopping", session.task)
             break
@@ -218,10 +230,11 @@ def graceful_prune(session: TaskSession, layers, graph: UnitGraph, ownership: Ow
     snapshot = Snapshot(session.body, session.guard, ownership)
     scores = importance(config.method)(session.scoring_context(layers, graph, config.score_batches))
     thresholds = sorted(config.thresholds or _quantiles(ownership, scores))
+    blocks = group_blocks(layers, graph)
     alive = _alive(ownership)
     tried: list[PruneStep] = []
     for threshold in thresholds:
-        removed = select(ownership, scores, threshold=threshold)
+        removed = select(ownership, scores, blocks, threshold=threshold)
         metric, epochs = _apply_and_recover(session, math.inf, config.recovery_epochs, config.monitor)
         tried.append(PruneStep(sum(removed.values()) / alive, removed, epochs, metric, False, threshold))
         snapshot.restore()
@@ -229,7 +242,7 @@ def graceful_prune(session: TaskSession, layers, graph: UnitGraph, ownership: Ow
     within = [i for i, step in enumerate(tried) if step.metric >= best - config.margin and step.removed]
     if within:
         chosen = max(within, key=lambda i: (sum(tried[i].removed.values()), thresholds[i]))
-        select(ownership, scores, threshold=thresholds[chosen])
+        select(ownership, scores, blocks, threshold=thresholds[chosen])
         tried[chosen].metric, _ = _apply_and_recover(session, math.inf, config.recovery_epochs, config.monitor)
         tried[chosen].accepted = True
         log.info("task %d: graceful pruning keeps threshold %.4g (%d units removed, metric %.4f, best %.4f)",

@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 
 import eidetic
 from eidetic.ownership import Ownership
-from eidetic.pruning import select
+from eidetic.pruning import group_blocks, select
 
 from checks import all_logits, assert_resistance
 from models import MLP
@@ -36,17 +36,18 @@ def open_task(pruning=None, seed: int = 0) -> MLP:
 
 
 def test_select_never_takes_frozen_units_and_rounds():
-    graph = open_task().graph
+    net = open_task()
+    graph, blocks = net.graph, group_blocks(net._eidetic.layers, net.graph)
     ownership = Ownership(graph)
     ownership.owner["fcs.0"][:5] = 0  # five frozen units, three free
     scores = {key: torch.zeros(group.size, dtype=torch.float64) for key, group in zip(graph.keys(), graph)}
-    removed = select(ownership, scores, fraction=1.0)
+    removed = select(ownership, scores, blocks, fraction=1.0)
     assert removed == {"fcs.0": 3, "fcs.1": 4}  # all free units; a group with no frozen unit keeps one
     assert not ownership.pruned["fcs.0"][:5].any()
-    assert select(ownership, scores, fraction=1.0) == {}
+    assert select(ownership, scores, blocks, fraction=1.0) == {}
     fresh = Ownership(graph)
-    assert select(fresh, scores, fraction=0.05) == {}  # round(0.05 * 8) == 0 everywhere
-    assert select(fresh, scores, fraction=0.2) == {"fcs.0": 2, "fcs.1": 1}
+    assert select(fresh, scores, blocks, fraction=0.05) == {}  # round(0.05 * 8) == 0 everywhere
+    assert select(fresh, scores, blocks, fraction=0.2) == {"fcs.0": 2, "fcs.1": 1}
 
 
 @pytest.mark.parametrize("method", ["l1", "l2", "taylor", "random"])

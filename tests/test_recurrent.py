@@ -183,3 +183,18 @@ def test_a_recurrent_checkpoint_round_trips():
     copy.load_state_dict(torch.load(buffer, weights_only=True))
     fixed = sequences(5, 3, g).tensors[0]
     assert all(torch.equal(a, b) for a, b in zip(all_logits(net, fixed), all_logits(copy, fixed), strict=True))
+
+
+def test_each_layer_and_direction_is_pruned_and_reported_apart():
+    torch.manual_seed(0)
+    net = SeqNet(spec_of_net(kind="GRU", hidden=10, embed=0))
+    with torch.no_grad():  # layer 1 forward weights dwarf the rest: a global ranking would prune elsewhere
+        net.rnn.weight_ih_l1.mul_(100.0)
+    g = torch.Generator().manual_seed(0)
+    net.train_task(0, sequences(16, 2, g), batch_size=8, num_classes=2, epochs=1, progress=False,
+                   optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
+                   pruning=eidetic.Pruning(method="l2", step=0.5, tolerance=0.99, max_steps=1))
+    rows = {layer.group: layer for layer in net.capacity().layers}
+    assert sorted(rows) == ["rnn.l0", "rnn.l0_reverse", "rnn.l1", "rnn.l1_reverse"]
+    for row in rows.values():  # half of every block's ten units pruned, the other five frozen
+        assert (row.total, row.owned, row.free) == (10, {0: 5}, 5)

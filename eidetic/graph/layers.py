@@ -150,6 +150,12 @@ class LayerSpec:
         diff = (now != base).movedim(self.in_unit_dim, -1)
         return diff.reshape(copies, -1, diff.shape[-1]).any(dim=1)
 
+    def unit_blocks(self, module: nn.Module) -> list[tuple[str, int, int]]:
+        """``(label, first, stop)`` unit-position ranges reported as separate layers by
+        :meth:`ContinualNetwork.capacity` (a stacked recurrent module has one per layer and
+        direction); the label is appended to the module name, empty for a single block."""
+        return [("", 0, self.unit_count(module))]
+
     def internal_slots(self, module: nn.Module) -> list[tuple[int, int]]:
         """``(unit position, input position)`` pairs by which the layer reads its own units
         (a recurrence); the probe cannot see them, so the layer declares them."""

@@ -68,6 +68,12 @@ class RecurrentSpec(LayerSpec):
             slices += [(f"{n}_l{k}{self._suffix(d)}", 0, rows, owner) for n in names]
         return slices
 
+    def unit_blocks(self, module: nn.Module) -> list[tuple[str, int, int]]:
+        if self.layers * self.directions == 1:
+            return super().unit_blocks(module)
+        return [(f".l{b // self.directions}{self._suffix(b % self.directions)}", b * self.hidden, (b + 1) * self.hidden)
+                for b in range(self.layers * self.directions)]
+
     def input_size(self, module: nn.Module) -> int:
         return self.inputs + self.unit_count(module)
 

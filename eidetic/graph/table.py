@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .layers import LayerSpec
+from .layers import Layers, LayerSpec
 
 FEATURES = "<features>"
 
@@ -53,6 +53,21 @@ class UnitGroup:
     def modules(self) -> list[str]:
         """Names of the layers that produce this group's units."""
         return [slot.module for slot in self.outs]
+
+    def blocks(self, layers: Layers) -> list[tuple[str, torch.Tensor]]:
+        """``(name, units)`` of the blocks the group is pruned and reported by: the whole group,
+        unless it has one producer whose spec splits its units (one block per layer and
+        direction of a stacked recurrent module, named ``module.l{k}[_reverse]``)."""
+        everything = [(self.key, torch.arange(self.size))]
+        if len(self.outs) != 1:
+            return everything
+        slot = self.outs[0]
+        module, spec = layers[slot.module]
+        split = spec.unit_blocks(module)
+        if len(split) == 1:
+            return everything
+        return [(self.key + label, slot.units[(slot.index >= first) & (slot.index < stop)])
+                for label, first, stop in split]
 
 
 @dataclass
