@@ -99,6 +99,21 @@ class ClassMoments:
 
 
 @dataclass
+class _PackedStats:
+    """Every task's statistics stacked: per task the inverse variances on its features, per
+    class (of every task) its mean times those weights and its weighted squared norm."""
+
+    weights: torch.Tensor  # (tasks, features)
+    weighted_means: torch.Tensor  # (classes of all tasks, features)
+    mean_terms: torch.Tensor  # (classes of all tasks,)
+    task_of_class: torch.Tensor  # (classes of all tasks,)
+    dof: torch.Tensor  # (tasks,): half the degrees of freedom
+
+    def to(self, device: torch.device) -> _PackedStats:
+        return _PackedStats(*(t.to(device) for t in vars(self).values()))
+
+
+@dataclass
 class FeatureStatsRouter:
     """Route by distance to each task's class means in that task's frozen feature subspace.
 
@@ -107,29 +122,47 @@ class FeatureStatsRouter:
 
     tasks: list[_TaskStats] = field(default_factory=list)
     eps: float = 1e-6
+    _cache: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def record(self, moments: ClassMoments, mask: torch.Tensor) -> None:
         """Add a task from the class moments of its training features and the mask of its
         frozen features."""
         self.tasks.append(moments.stats(mask, self.eps))
+        self._cache = None
 
     def truncate(self, tasks: int) -> None:
         del self.tasks[tasks:]
+        self._cache = None
 
     def scores(self, features: torch.Tensor, logits: list[torch.Tensor]) -> torch.Tensor:
         """Per task, how typical the input is of the task: the log-probability that a sample of
         the task lies farther from its nearest class mean (squared distance in per-feature
         standard deviations, chi-squared with as many degrees of freedom as the task has frozen
         features). Tasks with different numbers of features compare on the same scale."""
-        columns = []
-        for stats in self.tasks[: len(logits)]:
-            f = features[:, stats.mask].double()
-            z2 = (f[:, None, :] - stats.means[None, :, stats.mask].double()) ** 2 / stats.variance[stats.mask].double()
-            distance = z2.sum(dim=2).min(dim=1).values
-            dof = torch.tensor(max(int(stats.mask.sum()), 1) / 2, dtype=torch.float64, device=f.device)
-            survival = torch.special.gammaincc(dof, distance / 2).clamp(min=torch.finfo(torch.float64).tiny)
-            columns.append(survival.log().to(features.dtype))
-        return torch.stack(columns, dim=1)
+        packed = self._packed(len(logits), features.device)
+        f = features.double()
+        # Squared distances to every class mean of every task at once: sum_i w_i (f_i - m_ci)^2
+        # expanded as f^2.w - 2 f.(m w) + m^2.w, with w_i = 1 / variance_i on the task's features.
+        distance = ((f**2) @ packed.weights.T)[:, packed.task_of_class] - 2 * f @ packed.weighted_means.T
+        distance = (distance + packed.mean_terms).clamp(min=0)
+        nearest = torch.full((len(f), len(packed.dof)), math.inf, dtype=torch.float64, device=f.device)
+        nearest.scatter_reduce_(1, packed.task_of_class.expand(len(f), -1), distance, "amin")
+        survival = torch.special.gammaincc(packed.dof, nearest / 2).clamp(min=torch.finfo(torch.float64).tiny)
+        return survival.log().to(features.dtype)
+
+    def _packed(self, tasks: int, device: torch.device) -> _PackedStats:
+        """The statistics of the first ``tasks`` tasks stacked for :meth:`scores` (cached)."""
+        key = (tasks, device)
+        if self._cache is None or self._cache[0] != key:
+            weights = torch.stack([torch.where(s.mask, 1.0 / s.variance.double(), 0.0) for s in self.tasks[:tasks]])
+            means = torch.cat([s.means.double() for s in self.tasks[:tasks]])
+            task_of_class = torch.cat([torch.full((len(s.means),), k) for k, s in enumerate(self.tasks[:tasks])])
+            task_of_class = task_of_class.to(means.device)
+            dof = torch.tensor([max(int(s.mask.sum()), 1) / 2 for s in self.tasks[:tasks]], dtype=torch.float64)
+            packed = _PackedStats(weights, means * weights[task_of_class], (means**2 * weights[task_of_class]).sum(1),
+                                  task_of_class, dof)
+            self._cache = (key, packed.to(device))
+        return self._cache[1]
 
     def state(self) -> list[dict[str, torch.Tensor]]:
         return [{"mask": s.mask, "means": s.means, "variance": s.variance} for s in self.tasks]
@@ -141,6 +174,7 @@ class FeatureStatsRouter:
     def apply(self, fn) -> None:
         """Apply a tensor conversion (``nn.Module._apply``'s ``fn``) to the statistics."""
         self.tasks = [_TaskStats(fn(s.mask), fn(s.means), fn(s.variance)) for s in self.tasks]
+        self._cache = None
 
 
 class LearnedRouter:
@@ -236,8 +270,10 @@ def route(scores: torch.Tensor, logits: list[torch.Tensor]) -> Prediction:
     """Pick each input's task by the highest score, then its class with that task's head."""
     task = scores.argmax(dim=1)
     widest = max(out.shape[1] for out in logits)
-    probs = torch.stack([F.pad(F.softmax(out, dim=1), (0, widest - out.shape[1])) for out in logits], dim=1)
-    label_probs = probs[torch.arange(len(task), device=task.device), task]
+    padded = [out if out.shape[1] == widest else F.pad(out, (0, widest - out.shape[1]), value=-math.inf)
+              for out in logits]
+    chosen = torch.stack(padded, dim=1)[torch.arange(len(task), device=task.device), task]
+    label_probs = F.softmax(chosen, dim=1)  # padding columns get probability 0
     return Prediction(task, label_probs.argmax(dim=1), scores, F.softmax(scores, dim=1), label_probs, logits)
 
 

@@ -1,0 +1,531 @@
+"""The ``eidetic`` command line: ``eidetic run`` trains a benchmark and writes a results folder.
+
+``eidetic run`` (also ``python -m eidetic run``) learns the tasks of a benchmark one after
+another with :meth:`~eidetic.ContinualNetwork.train_task`, evaluates every task learnt so far
+after each one, and writes to the results folder:
+
+* ``results.json``: configuration, benchmark, accuracy matrix, average accuracy, BWT, routing
+  accuracy, units kept per task and per layer, timings, versions and machine;
+* ``accuracy_matrix.csv``: the accuracy matrix (row ``i``: after training task ``i``);
+* ``accuracy_matrix.png`` and ``capacity.png``: the matrix and the units per layer per task;
+* ``model.pt``: the final network (:func:`eidetic.zoo.load_checkpoint` rebuilds it).
+
+With no option it learns Split digits (scikit-learn's bundled digits, five tasks of two
+classes, no download) with an MLP, in seconds.
+
+Example::
+
+    eidetic run
+    eidetic run --benchmark permuted-mnist --data-dir data/mnist --model mlp --tasks 10 --epochs 3
+    python -m eidetic run --model resnet --epochs 2 --out runs/resnet
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__, datasets, zoo
+from .errors import EideticError
+from .evaluation import Results, evaluate
+from .network import ContinualNetwork
+from .pruning import Pruning
+from .training import Callback
+
+PRUNING_METHODS = ("l1", "l2", "taylor", "random", "activation", "none")
+ROUTERS = ("auto", "learned", "statistics", "confidence", "entropy", "energy", "none")
+FILES = ("results.json", "accuracy_matrix.csv", "accuracy_matrix.png", "capacity.png", "model.pt")
+"""The files ``eidetic run`` writes into its results folder (the pictures unless ``--no-plots``)."""
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Per-benchmark defaults of the options left out."""
+
+    model: str
+    epochs: int
+    batch_size: int
+    lr: float
+    mlp_width: int
+    threads: int | None  # None: torch's default (all cores)
+
+
+_DEFAULTS = {
+    "digits": Defaults("mlp", epochs=3, batch_size=32, lr=1e-2, mlp_width=128, threads=1),
+    "mnist": Defaults("mlp", epochs=3, batch_size=128, lr=1e-3, mlp_width=256, threads=None),
+    "sequential-digits": Defaults("lstm", epochs=10, batch_size=32, lr=1e-2, mlp_width=128, threads=1),
+    "sequential-mnist": Defaults("lstm", epochs=3, batch_size=128, lr=3e-3, mlp_width=256, threads=None),
+}
+
+
+def defaults(benchmark: str) -> Defaults:
+    """The defaults of ``benchmark``: tiny digits tensors run fastest on one thread; the
+    sequential (row-by-row) benchmarks default to the LSTM model.
+
+    Example::
+
+        defaults("split-mnist").batch_size    # 128
+    """
+    if benchmark.startswith("sequential"):
+        return _DEFAULTS[benchmark]
+    return _DEFAULTS["digits" if benchmark.endswith("digits") else "mnist"]
+
+
+# ------------------------------------------------------------------------------------- parser
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"int>={minimum}"
+    return parse
+
+
+def _float_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        too_low = value <= low if low_open else value < low
+        too_high = value >= high if high_open else value > high
+        if too_low or too_high or value != value:
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"must be in {interval}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless it has none or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``eidetic`` command.
+
+    Example::
+
+        args = build_parser().parse_args(["run", "--tasks", "2"])
+    """
+    parser = argparse.ArgumentParser(prog="eidetic", description="Continual learning without forgetting.")
+    parser.add_argument("--version", action="version", version=f"eidetic {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="command", required=True)
+    run = commands.add_parser(
+        "run", help="train a benchmark task after task and write a results folder",
+        description="Train a benchmark's tasks one after another (train, prune, freeze, recycle), evaluate "
+                    "every task after each one, print the accuracy matrix and write results.json, "
+                    "accuracy_matrix.csv, accuracy_matrix.png, capacity.png and model.pt to --out.",
+        formatter_class=_HelpFormatter)
+    data = run.add_argument_group("benchmark")
+    data.add_argument("--benchmark", choices=datasets.BENCHMARKS, default="split-digits",
+                      help="task sequence: digits are bundled with scikit-learn; MNIST needs --data-dir or "
+                           "--download")
+    data.add_argument("--tasks", type=_int_at_least(1), default=None,
+                      help="number of tasks (default: 10 for permuted, else 5, the most split and sequential have)")
+    data.add_argument("--data-dir", type=Path, default=Path("data"),
+                      help="MNIST folder: IDX files (t10k-images-idx3-ubyte[.gz], ...) or a torchvision root "
+                           "holding MNIST/raw")
+    data.add_argument("--download", action="store_true",
+                      help="download MNIST into --data-dir with torchvision first (needs a network)")
+    model = run.add_argument_group("model and training")
+    model.add_argument("--model", choices=tuple(zoo.MODELS), default=None,
+                       help="mlp: Linear+BatchNorm; convnet: 2 conv+BatchNorm stages; resnet: small ResNet; "
+                            "lstm: 2-layer LSTM reading rows (default: lstm for sequential benchmarks, else mlp)")
+    model.add_argument("--width", type=_int_at_least(1), default=None,
+                       help="hidden units (mlp, lstm) or first-layer channels (convnet, resnet) (default: mlp "
+                            "128 on digits and 256 on MNIST; lstm 64; 16 for the others)")
+    model.add_argument("--epochs", type=_int_at_least(0), default=None,
+                       help="training epochs per task, before pruning (default: 3; 10 on sequential-digits)")
+    model.add_argument("--batch-size", type=_int_at_least(2), default=None,
+                       help="training batch size (default: 32 on digits, 128 on MNIST)")
+    model.add_argument("--lr", type=_float_in(0, 10, low_open=True), default=None,
+                       help="AdamW learning rate (default: 1e-2 on digits, 1e-3 on MNIST, 3e-3 on "
+                            "sequential-mnist)")
+    prune = run.add_argument_group("pruning")
+    prune.add_argument("--pruning", choices=PRUNING_METHODS, default="l2",
+                       help="importance method of structured pruning ('none': keep every free unit)")
+    prune.add_argument("--prune-step", type=_float_in(0, 1, low_open=True), default=0.2,
+                       help="fraction of the task's units removed per pruning step")
+    prune.add_argument("--threshold", type=_float_in(0, float("inf")), default=None,
+                       help="prune every unit scoring at most this, per step, instead of a fraction (CLNP's "
+                            "threshold; with --pruning activation: mean absolute activity)")
+    prune.add_argument("--tolerance", type=_float_in(0, 1, high_open=True), default=0.02,
+                       help="allowed relative drop of the training accuracy while pruning")
+    prune.add_argument("--recovery-epochs", type=_int_at_least(0), default=1,
+                       help="retraining epochs after each pruning step")
+    other = run.add_argument_group("run")
+    other.add_argument("--router", choices=ROUTERS, default="auto",
+                       help="router for task-ID-free (routed) accuracy ('none': skip it)")
+    other.add_argument("--memory", type=_int_at_least(0), default=100,
+                       help="exemplars kept per task to fit the learned router (more: better routing)")
+    other.add_argument("--seed", type=int, default=0, help="random seed (initialisation, shuffling, permutations)")
+    other.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
+    other.add_argument("--threads", type=_int_at_least(1), default=None,
+                       help="CPU threads for torch (default: 1 on digits, all cores on MNIST)")
+    other.add_argument("--out", type=Path, default=None,
+                       help="results folder (default: runs/<benchmark>-<model>-<date>-<time>)")
+    other.add_argument("--no-plots", action="store_true", help="skip the PNG pictures (no matplotlib needed)")
+    other.add_argument("--no-progress", action="store_true", help="no progress bars")
+    other.add_argument("-v", "--verbose", action="store_true",
+                       help="log eidetic's pruning steps (INFO), and the traceback of an error")
+    run.set_defaults(error=run.error)
+    return parser
+
+
+@dataclass
+class Config:
+    """The resolved settings of one run (every default filled in)."""
+
+    benchmark: str
+    tasks: int
+    model: str
+    width: int | None
+    epochs: int
+    batch_size: int
+    lr: float
+    pruning: str
+    prune_step: float
+    threshold: float | None
+    tolerance: float
+    recovery_epochs: int
+    router: str
+    memory: int
+    seed: int
+    device: str
+    threads: int
+    data_dir: str | None
+    download: bool
+    out: str
+    plots: bool
+    progress: bool
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dictionary."""
+        return dict(vars(self))
+
+
+def resolve(args: argparse.Namespace, error) -> Config:
+    """Fill in the per-benchmark defaults and check what argparse cannot; ``error(message)``
+    reports a bad option (the ``run`` parser's ``error``, in ``args.error``).
+
+    Example::
+
+        args = build_parser().parse_args(["run", "--tasks", "2"])
+        config = resolve(args, args.error)
+    """
+    base = defaults(args.benchmark)
+    tasks = datasets.default_tasks(args.benchmark) if args.tasks is None else args.tasks
+    if not args.benchmark.startswith("permuted") and tasks > 5:
+        error(f"argument --tasks: {args.benchmark} has 5 tasks (two classes each), got {tasks}")
+    model = args.model or base.model
+    if model in ("convnet", "resnet") and args.benchmark.startswith("sequential"):
+        error(f"argument --model: {args.benchmark} gives sequences of rows, not images; use lstm or mlp")
+    width = args.width if args.width is not None else (base.mlp_width if model == "mlp" else None)
+    out = args.out or Path("runs") / f"{args.benchmark}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and not out.is_dir():
+        error(f"argument --out: {out} exists and is not a folder")
+    return Config(
+        benchmark=args.benchmark, tasks=tasks, model=model, width=width,
+        epochs=base.epochs if args.epochs is None else args.epochs,
+        batch_size=base.batch_size if args.batch_size is None else args.batch_size,
+        lr=base.lr if args.lr is None else args.lr,
+        pruning=args.pruning, prune_step=args.prune_step, threshold=args.threshold, tolerance=args.tolerance,
+        recovery_epochs=args.recovery_epochs, router=args.router, memory=args.memory, seed=args.seed,
+        device=_check_device(args.device, error),
+        threads=args.threads or base.threads or torch.get_num_threads(),
+        data_dir=None if args.benchmark.endswith("digits") else str(args.data_dir),
+        download=args.download, out=str(out), plots=not args.no_plots, progress=not args.no_progress,
+    )
+
+
+def _check_device(name: str, error) -> str:
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        error(f"argument --device: not a torch device: {name!r} (try cpu or cuda)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        error(f"argument --device: {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        error(f"argument --device: {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        error(f"argument --device: {name}: MPS is not available on this machine")
+    return str(device)
+
+
+# ---------------------------------------------------------------------------------------- run
+
+
+@dataclass
+class Run:
+    """What a run produced: the network, the results, and what the summary needs."""
+
+    config: Config
+    net: ContinualNetwork
+    benchmark: datasets.Benchmark
+    results: Results = field(default_factory=Results)
+    identical: bool = True
+    timings: dict = field(default_factory=dict)
+
+
+class _Postfix(Callback):
+    """Shows the last epoch's loss and accuracy on the tasks progress bar."""
+
+    def __init__(self, bar) -> None:
+        self.bar = bar
+
+    def on_epoch_end(self, task: int, stats) -> None:
+        self.bar.set_postfix_str(f"epoch {stats.epoch} loss {stats.loss:.3f} acc {stats.metric:.3f}")
+
+
+def _require(module: str, why: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"{why} needs {module.split('.')[0]}: pip install 'eidetic[examples]'") from None
+
+
+def train(config: Config) -> Run:
+    """Load the benchmark, build the model and learn the tasks, evaluating after each one.
+
+    Example::
+
+        args = build_parser().parse_args(["run", "--tasks", "2"])
+        run = train(resolve(args, args.error))
+        print(run.results)
+    """
+    from tqdm.auto import tqdm
+
+    if config.plots:
+        _require("matplotlib", "drawing the pictures (or pass --no-plots)")
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    start = time.perf_counter()
+    bench = datasets.load_benchmark(config.benchmark, tasks=config.tasks, seed=config.seed,
+                                    data_dir=config.data_dir, download=config.download)
+    tasks = bench.as_tasks(config.batch_size, seed=config.seed)
+    net = zoo.build_model(config.model, bench.input_shape, config.width).to(config.device)
+    run = Run(config, net, bench)
+    run.timings = {"load": time.perf_counter() - start, "tasks": []}
+    print(f"eidetic {__version__}: {config.benchmark}, {len(bench)} tasks, {config.model} "
+          f"({sum(p.numel() for p in net.parameters()):,} parameters), {config.epochs} epoch(s) per task, "
+          f"pruning {config.pruning}, device {config.device}\ndata: {bench.source}")
+    pruning = None if config.pruning == "none" else Pruning(
+        method=config.pruning, step=config.prune_step, threshold=config.threshold, tolerance=config.tolerance,
+        recovery_epochs=config.recovery_epochs)
+    router = None if config.router == "none" else config.router
+    first_logits = []
+    bar = tqdm(total=len(tasks), desc="tasks", unit="task", disable=None if config.progress else True)
+    with bar:
+        for k, task in enumerate(tasks):
+            report = net.train_task(
+                k, task.train, num_classes=task.num_classes, epochs=config.epochs, pruning=pruning,
+                optimizer=lambda params: torch.optim.AdamW(params, lr=config.lr),
+                memory=config.memory, callbacks=[_Postfix(bar)], progress=config.progress)
+            mark = time.perf_counter()
+            evaluation = evaluate(net, [t.test for t in tasks], router=router)
+            first_logits.append(_test_logits(net, task.test, k))
+            run.results.add(evaluation, report, net)
+            run.timings["tasks"].append({**report.seconds, "evaluate": time.perf_counter() - mark})
+            bar.update(1)
+            tqdm.write(_task_line(k, len(tasks), bench.classes[k], report, evaluation))
+    run.identical = all(torch.equal(_test_logits(net, t.test, k), first_logits[k]) for k, t in enumerate(tasks))
+    run.timings["total"] = time.perf_counter() - start
+    return run
+
+
+@torch.no_grad()
+def _test_logits(net: ContinualNetwork, loader, task: int) -> torch.Tensor:
+    was_training = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    out = torch.cat([net.logits(x.to(device), task).cpu() for x, _ in loader])
+    net.train(was_training)
+    return out
+
+
+def _task_line(k: int, total: int, classes: list[int], report, evaluation) -> str:
+    names = ",".join(str(c) for c in classes) if len(classes) <= 4 else f"{len(classes)} classes"
+    kept = sum(s.accepted for s in report.prune_steps)
+    units = sum(report.units.values())
+    free = sum(report.free_units.values())
+    accuracies = " ".join(f"{t.oracle:.3f}" for t in evaluation.tasks)
+    return (f"task {k + 1}/{total} [{names}]: train acc {report.final_metric:.3f}, "
+            f"{kept}/{len(report.prune_steps)} pruning steps kept, {units} units frozen, {free} free, "
+            f"{report.seconds['total']:.1f}s | test acc of tasks so far: {accuracies}")
+
+
+# ------------------------------------------------------------------------------------ outputs
+
+
+def write_outputs(run: Run, argv: Sequence[str]) -> list[Path]:
+    """Write results.json, accuracy_matrix.csv, the pictures and model.pt; return their paths.
+
+    Example::
+
+        paths = write_outputs(run, sys.argv[1:])
+    """
+    out = Path(run.config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    capacity = run.net.capacity()
+    paths = [out / "accuracy_matrix.csv"]
+    _write_csv(run.results.matrix, paths[0])
+    if run.config.plots:
+        from .plots import plot_accuracy_matrix, plot_capacity
+
+        paths.append(plot_accuracy_matrix(run.results, out / "accuracy_matrix.png",
+                                          title=f"{run.config.benchmark}, {run.config.model}: "
+                                                f"average {run.results.average_accuracy:.3f}, "
+                                                f"BWT {run.results.bwt:+.3f}"))
+        paths.append(plot_capacity(capacity, out / "capacity.png",
+                                   title=f"units per layer ({run.config.model}, {run.config.benchmark})"))
+    paths.append(zoo.save_checkpoint(run.net, out / "model.pt"))
+    paths.insert(0, out / "results.json")
+    document = {
+        "eidetic_version": __version__,
+        "command": "eidetic " + " ".join(shlex.quote(a) for a in argv),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": run.config.to_dict(),
+        "benchmark": run.benchmark.describe(),
+        "model": {**run.net.config, "parameters": sum(p.numel() for p in run.net.parameters())},
+        "results": run.results.to_dict(),
+        "logits_identical": run.identical,
+        "capacity": capacity.to_dict(),
+        "timings": run.timings,
+        "versions": versions(),
+        "machine": machine(run.config),
+        "files": [p.name for p in paths],
+    }
+    paths[0].write_text(json.dumps(document, indent=2) + "\n")
+    return paths
+
+
+def _write_csv(matrix: list[list[float | None]], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["after_task", *(f"task_{j}" for j in range(len(matrix)))])
+        for i, row in enumerate(matrix):
+            writer.writerow([i, *("" if v is None else repr(v) for v in row)])
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of Python and of the packages a run depends on (``None``: not installed).
+
+    Example::
+
+        versions()["torch"]    # '2.14.1'
+    """
+    found: dict[str, str | None] = {"python": platform.python_version(), "eidetic": __version__,
+                                    "torch": torch.__version__}
+    for package in ("torch-pruning", "numpy", "tqdm", "scikit-learn", "torchvision", "matplotlib"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def machine(config: Config) -> dict:
+    """The machine a run ran on: platform, processor, CPU count, torch threads, device.
+
+    Example::
+
+        machine(config)["cpus"]
+    """
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "threads": config.threads, "device": config.device}
+    if config.device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(config.device))
+    return info
+
+
+def summary(run: Run, paths: Sequence[Path]) -> str:
+    """The text printed at the end of a run: accuracy matrix, averages, units per task, files.
+
+    Example::
+
+        print(summary(run, paths))
+    """
+    results = run.results
+    matrix = results.matrix
+    unchanged = all(matrix[i][j] == matrix[j][j] for i in range(len(matrix)) for j in range(i + 1))
+    lines = [
+        "",
+        "accuracy matrix: row i = after training task i, column j = test accuracy on task j",
+        str(results),
+        f"earlier tasks' accuracy unchanged by later tasks: {'yes' if unchanged else 'NO'}; "
+        f"test logits of every task bitwise identical to when it was learnt: {'yes' if run.identical else 'NO'}",
+        "",
+        "units per layer (owned by each task; '+n reused': earlier tasks' units it reads)",
+        str(run.net.capacity()),
+        "",
+        f"time {run.timings['total']:.1f}s; results in {Path(run.config.out)}/: " + ", ".join(p.name for p in paths),
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``eidetic`` command and return its exit status (0 success, 1 runtime error such
+    as a missing dataset, 2 bad options, 130 interrupted).
+
+    Example::
+
+        main(["run", "--tasks", "2", "--epochs", "1", "--out", "runs/quick"])
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        config = resolve(args, args.error)
+    except SystemExit as exit_:
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
+    if args.verbose:
+        logging.basicConfig(format="%(name)s %(levelname)s: %(message)s")
+        logging.getLogger("eidetic").setLevel(logging.INFO)
+    try:
+        run = train(config)
+        paths = write_outputs(run, argv)
+    except KeyboardInterrupt:
+        print("eidetic: interrupted", file=sys.stderr)
+        return 130
+    except (EideticError, FileNotFoundError, ImportError, ValueError, OSError) as exc:
+        if args.verbose:
+            logging.getLogger("eidetic").exception("the run failed")
+        print(f"eidetic: error: {exc}", file=sys.stderr)
+        return 1
+    print(summary(run, paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

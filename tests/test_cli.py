@@ -1,0 +1,200 @@
+"""``eidetic run`` end to end on tiny configurations: every promised file, an exactly flat
+accuracy matrix (BWT exactly 0), and clear errors with no traceback."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from eidetic import cli, zoo
+from eidetic.datasets import load_benchmark, write_idx
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+QUICK = ["--tasks", "2", "--epochs", "1", "--no-progress"]
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """One tiny run of the default benchmark and model, shared by the checks below."""
+    out = tmp_path_factory.mktemp("run") / "results"
+    code = cli.main(["run", *QUICK, "--out", str(out)])
+    return code, out
+
+
+def test_run_writes_every_promised_file(default_run):
+    code, out = default_run
+    assert code == 0
+    for name in cli.FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    for name in ("accuracy_matrix.png", "capacity.png"):
+        assert (out / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_results_json_has_an_exactly_flat_accuracy_matrix(default_run):
+    _, out = default_run
+    document = json.loads((out / "results.json").read_text())
+    results = document["results"]
+    assert results["bwt"] == 0.0
+    matrix = results["matrix"]
+    assert len(matrix) == 2
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            if j > i:
+                assert value is None
+            else:
+                assert value == matrix[j][j]  # exactly: no forgetting, not even in the last digit
+    assert document["logits_identical"] is True
+    assert len(results["units"]) == 2 and all(sum(units.values()) > 0 for units in results["units"])
+    assert document["config"]["benchmark"] == "split-digits" and document["config"]["model"] == "mlp"
+    assert document["config"]["tasks"] == 2 and document["config"]["epochs"] == 1
+    assert document["versions"]["torch"] == torch.__version__
+    assert len(document["timings"]["tasks"]) == 2 and document["timings"]["total"] > 0
+    assert document["files"] == list(cli.FILES)
+    assert document["command"].startswith("eidetic run --tasks 2")
+
+
+def test_csv_holds_the_same_matrix(default_run):
+    _, out = default_run
+    matrix = json.loads((out / "results.json").read_text())["results"]["matrix"]
+    with (out / "accuracy_matrix.csv").open() as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["after_task", "task_0", "task_1"]
+    parsed = [[None if cell == "" else float(cell) for cell in row[1:]] for row in rows[1:]]
+    assert parsed == matrix
+
+
+def test_checkpoint_rebuilds_the_network(default_run):
+    _, out = default_run
+    net = zoo.load_checkpoint(out / "model.pt").eval()
+    assert net.num_tasks == 2
+    bench = load_benchmark("split-digits", tasks=2)
+    document = json.loads((out / "results.json").read_text())
+    with torch.no_grad():
+        for k, test in enumerate(bench.test):
+            x, y = test.tensors
+            accuracy = (net.logits(x, k).argmax(dim=1) == y).double().mean().item()
+            assert accuracy == pytest.approx(document["results"]["matrix"][-1][k], abs=1e-12)
+
+
+def test_run_prints_the_table_and_the_folder(capsys, tmp_path):
+    code, out, err = run(capsys, "run", *QUICK, "--out", tmp_path / "r", "--no-plots", "--router", "statistics")
+    assert code == 0, err
+    assert "after  task 0" in out and "average accuracy" in out and "BWT +0.0000" in out
+    assert "routing accuracy" in out and "task 2/2" in out and "units per layer" in out
+    assert str(tmp_path / "r") in out
+    assert not (tmp_path / "r" / "capacity.png").exists() and (tmp_path / "r" / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("model", ["convnet", "resnet"])
+def test_other_models(capsys, tmp_path, model):
+    code, _, err = run(capsys, "run", "--model", model, "--width", "4", "--tasks", "1", "--epochs", "1",
+                         "--no-progress", "--no-plots", "--pruning", "none", "--out", tmp_path)
+    assert code == 0, err
+    assert json.loads((tmp_path / "results.json").read_text())["model"]["model"] == model
+
+
+def test_sequential_digits_defaults_to_the_lstm(capsys, tmp_path):
+    code, _, err = run(capsys, "run", "--benchmark", "sequential-digits", "--width", "8", *QUICK, "--no-plots",
+                       "--out", tmp_path)
+    assert code == 0, err
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["model"]["model"] == "lstm" and document["benchmark"]["input_shape"] == [8, 8]
+    assert document["results"]["bwt"] == 0.0 and document["logits_identical"] is True
+    assert [row["group"] for row in document["capacity"]["layers"]] == ["lstm.l0", "lstm.l1"]
+
+
+def test_permuted_digits(capsys, tmp_path):
+    code, _, err = run(capsys, "run", "--benchmark", "permuted-digits", "--tasks", "2", "--epochs", "1",
+                       "--no-progress", "--no-plots", "--prune-step", "0.5", "--out", tmp_path)
+    assert code == 0, err
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["results"]["bwt"] == 0.0 and document["benchmark"]["tasks"][1]["num_classes"] == 10
+
+
+def test_split_mnist_from_tiny_idx_files(capsys, tmp_path):
+    data = tmp_path / "mnist" / "MNIST" / "raw"
+    gen = torch.Generator().manual_seed(0)
+    for prefix, n in (("train", 200), ("t10k", 100)):
+        write_idx(data / f"{prefix}-images-idx3-ubyte.gz", torch.randint(0, 256, (n, 28, 28), generator=gen,
+                                                                          dtype=torch.uint8))
+        write_idx(data / f"{prefix}-labels-idx1-ubyte.gz", (torch.arange(n) % 10).to(torch.uint8))
+    code, _, err = run(capsys, "run", "--benchmark", "split-mnist", "--data-dir", tmp_path / "mnist",
+                         "--width", "16", *QUICK, "--no-plots", "--out", tmp_path / "out")
+    assert code == 0, err
+    document = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert document["results"]["bwt"] == 0.0
+    assert [t["train_samples"] for t in document["benchmark"]["tasks"]] == [40, 40]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["run", "--tasks", "0"], "argument --tasks: must be at least 1, got 0"),
+    (["run", "--tasks", "6"], "split-digits has 5 tasks"),
+    (["run", "--tasks", "two"], "expected an integer, got 'two'"),
+    (["run", "--benchmark", "split-cifar"], "invalid choice: 'split-cifar'"),
+    (["run", "--model", "vit"], "invalid choice: 'vit'"),
+    (["run", "--benchmark", "sequential-digits", "--model", "resnet"], "sequences of rows, not images"),
+    (["run", "--benchmark", "sequential-digits", "--tasks", "6"], "sequential-digits has 5 tasks"),
+    (["run", "--prune-step", "1.5"], "must be in (0, 1]"),
+    (["run", "--tolerance", "1"], "must be in [0, 1)"),
+    (["run", "--batch-size", "1"], "must be at least 2"),
+    (["run", "--device", "toaster"], "not a torch device"),
+    (["run", "--unknown"], "unrecognized arguments"),
+    ([], "required: command"),
+])
+def test_bad_options_exit_2_without_traceback(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_unavailable_device(capsys):
+    code, _, err = run(capsys, "run", "--device", "cuda")
+    assert code == 2 and "CUDA is not available" in err
+
+
+def test_missing_dataset_exits_1_with_a_clear_message(capsys, tmp_path):
+    code, _, err = run(capsys, "run", "--benchmark", "split-mnist", "--data-dir", tmp_path, "--out", tmp_path / "o")
+    assert code == 1
+    assert err.startswith("eidetic: error: no MNIST files found") and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_is_a_file(capsys, tmp_path):
+    (tmp_path / "file").write_text("")
+    code, _, err = run(capsys, "run", "--out", tmp_path / "file")
+    assert code == 2 and "exists and is not a folder" in err
+
+
+def test_missing_matplotlib_is_reported_before_training(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code, out, err = run(capsys, "run", *QUICK, "--out", tmp_path / "o")
+    assert code == 1 and "needs matplotlib" in err and "--no-plots" in err
+    assert "task 1/2" not in out
+
+
+def test_help_and_version(capsys):
+    code, out, _ = run(capsys, "run", "--help")
+    assert code == 0 and "--benchmark" in out and "--data-dir" in out
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.startswith("eidetic ")
+
+
+def test_python_dash_m():
+    done = subprocess.run([sys.executable, "-m", "eidetic", "--version"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("eidetic ")

@@ -1,0 +1,48 @@
+"""The ready-made models: each learns a task and its checkpoint rebuilds it exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from eidetic import zoo
+from eidetic.errors import CheckpointError
+
+SHAPES = {"mlp": (1, 8, 8), "convnet": (1, 8, 8), "resnet": (1, 8, 8), "lstm": (8, 8)}
+
+
+@pytest.mark.parametrize("name", sorted(zoo.MODELS))
+def test_every_model_trains_and_round_trips_through_a_checkpoint(name, tmp_path):
+    torch.manual_seed(0)
+    net = zoo.build_model(name, SHAPES[name], width=4)
+    x = torch.randn(24, *SHAPES[name])
+    data = TensorDataset(x, torch.arange(24) % 3)
+    net.train_task(0, data, batch_size=8, num_classes=3, epochs=1, progress=False,
+                   optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+    loaded = zoo.load_checkpoint(zoo.save_checkpoint(net, tmp_path / "model.pt"))
+    assert type(loaded) is type(net) and loaded.config == net.config
+    net.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded.logits(x, 0), net.logits(x, 0))
+
+
+def test_the_lstm_reads_an_image_as_its_rows():
+    torch.manual_seed(0)
+    images = zoo.build_model("lstm", (2, 4, 3), width=5)
+    rows = zoo.build_model("lstm", (4, 6), width=5)
+    rows.load_state_dict(images.state_dict())
+    x = torch.randn(3, 2, 4, 3)
+    assert torch.equal(images(x), rows(x.permute(0, 2, 1, 3).flatten(2)))
+
+
+def test_bad_models_and_checkpoints_give_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown model 'vit'"):
+        zoo.build_model("vit", (1, 8, 8))
+    with pytest.raises(ValueError, match="the lstm model reads sequences"):
+        zoo.build_model("lstm", (64,))
+    with pytest.raises(ValueError, match="convnet model needs image inputs"):
+        zoo.build_model("convnet", (8, 8))
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"not an eidetic\.zoo checkpoint"):
+        zoo.load_checkpoint(tmp_path / "other.pt")
