@@ -26,9 +26,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from collections.abc import Callable
 
@@ -39,6 +36,8 @@ from torch.utils.data import DataLoader
 
 import eidetic
 from eidetic import datasets, zoo
+
+from common import text_table, write_json
 
 Optimizer = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
@@ -156,10 +155,8 @@ def table(name: str, result: dict, total_units: int) -> str:
         routed = f"{r['routed_accuracy']:.4f}" if r["routed_accuracy"] is not None else "-"
         rows.append((method, f"{r['average_accuracy']:.4f}", f"{r['bwt']:+.4f}", f"{r['fwt']:+.4f}", routed,
                      str(r["units"]), f"{r['parameters']:,}", f"{r['seconds']:.1f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [f"{name}: {len(result['benchmark']['tasks'])} tasks, {result['benchmark']['source']}; {one}"]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
-    return "\n".join(lines)
+    title = f"{name}: {len(result['benchmark']['tasks'])} tasks, {result['benchmark']['source']}; {one}"
+    return title + "\n" + text_table(rows)
 
 
 def main() -> None:
@@ -195,11 +192,7 @@ def main() -> None:
         print(f"eidetic ran {recovery} pruning recovery epoch(s) in all, on top of {args.epochs} per task; "
               f"free units left: {result['methods']['eidetic']['free_units_left']}\n")
     if args.json:
-        machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                   "torch": torch.__version__, "threads": args.threads}
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine, "settings": {k: v for k, v in vars(args).items() if k != "json"},
-                       "results": results}, f, indent=2)
+        write_json(args.json, args, results)
 
 
 if __name__ == "__main__":

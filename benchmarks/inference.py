@@ -26,9 +26,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -38,6 +35,8 @@ from torch import nn
 
 import eidetic
 from eidetic import datasets, zoo
+
+from common import text_table, write_json
 
 
 class Plain(nn.Module):
@@ -124,14 +123,9 @@ def main() -> None:
         ms = list(r["ms"].values())
         lines.append([str(r["tasks"]), str(r["batch"]), f"{ms[0]:.3f}",
                       *[f"{v:.3f} ({v / ms[0]:.2f}x)" for v in ms[1:]]])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    print("\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines))
+    print(text_table(lines))
     if args.json:
-        machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                   "torch": torch.__version__, "threads": args.threads}
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine, "settings": {k: v for k, v in vars(args).items() if k != "json"},
-                       "results": rows}, f, indent=2)
+        write_json(args.json, args, rows)
 
 
 if __name__ == "__main__":

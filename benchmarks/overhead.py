@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -40,6 +37,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import eidetic
+
+from common import text_table, write_json
 
 NUM_CLASSES = 10
 INPUT_SHAPE = (1, 28, 28)
@@ -185,8 +184,7 @@ def table(results: list[Result]) -> str:
     rows = [header] + [(r.model, str(r.steps), f"{r.plain_median_ms:.3f}", f"{r.eidetic_median_ms:.3f}",
                         f"{r.median_ratio:.3f}x", f"{r.plain_epoch_ms:.3f}", f"{r.eidetic_epoch_ms:.3f}",
                         f"{r.epoch_ratio:.3f}x") for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows)
+    return text_table(rows)
 
 
 def main() -> None:
@@ -220,12 +218,7 @@ def main() -> None:
           f"{'fused ' if args.fused else ''}Adam, {args.threads} thread(s), torch {torch.__version__}")
     print(table(results))
     if args.json:
-        machine = {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
-                   "python": platform.python_version(), "torch": torch.__version__, "threads": args.threads}
-        settings = {k: v for k, v in vars(args).items() if k != "json"}
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine, "settings": settings, "results": [asdict(r) for r in results]}, f,
-                      indent=2)
+        write_json(args.json, args, [asdict(r) for r in results])
 
 
 if __name__ == "__main__":

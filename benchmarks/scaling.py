@@ -30,9 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
-import os
-import platform
 import re
 import time
 from pathlib import Path
@@ -43,6 +40,8 @@ from torch import nn
 
 import eidetic
 from eidetic import datasets, zoo
+
+from common import text_table, write_json
 
 STATUS = Path("/proc/self/status")
 
@@ -132,16 +131,11 @@ def main() -> None:
                           f"{r['train_s_per_epoch'] / r['plain_s_per_epoch']:.2f}x", f"{r['prune_s_per_step']:.3f}",
                           f"{r['finish_s']:.3f}", f"{r['peak_rss_mib']:.0f}", f"{r['rss_after_mib']:.0f}",
                           f"{r['state_dict_kib']:.0f}", str(r["free_units"])])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     print(f"\n{args.epochs} epoch(s) + 3 pruning steps per task, batch 128, {args.threads} thread(s), "
           f"torch {torch.__version__}")
-    print("\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines))
+    print(text_table(lines))
     if args.json:
-        machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                   "torch": torch.__version__, "threads": args.threads}
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine, "settings": {k: v for k, v in vars(args).items() if k != "json"},
-                       "results": rows}, f, indent=2)
+        write_json(args.json, args, rows)
 
 
 if __name__ == "__main__":

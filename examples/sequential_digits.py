@@ -17,14 +17,11 @@ from __future__ import annotations
 import argparse
 
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import eidetic
-
-TASKS = [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+from eidetic import datasets
 
 
 class RowLSTM(eidetic.ContinualNetwork):
@@ -39,24 +36,13 @@ class RowLSTM(eidetic.ContinualNetwork):
         return out[:, -1]
 
 
-def split_tasks(seed: int) -> list[tuple[TensorDataset, TensorDataset]]:
-    """One (train, test) pair per task: a stratified 75/25 split, classes relabelled 0/1."""
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32) / 16.0
-    y = torch.tensor(digits.target)
-    tasks = []
-    for a, b in TASKS:
-        index = torch.nonzero((y == a) | (y == b)).flatten().numpy()
-        labels = (y[index] == b).long()
-        train, test = train_test_split(index, test_size=0.25, stratify=labels.numpy(), random_state=seed)
-        tasks.append(tuple(TensorDataset(x[i], (y[i] == b).long()) for i in (train, test)))
-    return tasks
-
-
 @torch.no_grad()
-def test_logits(net: eidetic.ContinualNetwork, data: TensorDataset, task: int) -> torch.Tensor:
+def evaluate(net: eidetic.ContinualNetwork, data: TensorDataset, task: int) -> tuple[torch.Tensor, float]:
+    """Task ``task``'s test logits, and its accuracy."""
     net.eval()
-    return net.logits(data.tensors[0], task=task)
+    x, y = data.tensors
+    logits = net.logits(x, task=task)
+    return logits, (logits.argmax(dim=1) == y).float().mean().item()
 
 
 def main() -> None:
@@ -64,16 +50,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="training epochs per task (default: 10)")
     parser.add_argument("--hidden", type=int, default=64, help="LSTM hidden units per layer (default: 64)")
     parser.add_argument("--bidirectional", action="store_true", help="read the rows in both directions")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling (default: 0)")
     parser.add_argument("--quiet", action="store_true", help="no task reports")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(2)
 
-    tasks = split_tasks(args.seed)
+    bench = datasets.load_benchmark("sequential-digits")  # five tasks of 8 rows of 8 pixels per image
     net = RowLSTM(args.hidden, bidirectional=args.bidirectional)
     first: list[torch.Tensor] = []
-    for t, (train, test) in enumerate(tasks):
+    for t, (train, test) in enumerate(zip(bench.train, bench.test)):
         report = net.train_task(
             t, DataLoader(train, batch_size=32, shuffle=True), num_classes=2, epochs=args.epochs,
             optimizer=lambda params: torch.optim.Adam(params, lr=1e-2), progress=False,
@@ -81,14 +67,10 @@ def main() -> None:
         )
         if not args.quiet:
             print(report)
-        first.append(test_logits(net, test, t))
-        cells = []
-        for k, (a, b) in enumerate(TASKS[: t + 1]):
-            logits = test_logits(net, tasks[k][1], k)
-            accuracy = (logits.argmax(dim=1) == tasks[k][1].tensors[1]).float().mean().item()
-            cells.append(f"{a}v{b} {accuracy:.4f}")
+        first.append(evaluate(net, test, t)[0])
+        cells = [f"{a}v{b} {evaluate(net, bench.test[k], k)[1]:.4f}" for k, (a, b) in enumerate(bench.classes[: t + 1])]
         print(f"after task {t}:  " + "  ".join(cells))
-    identical = all(torch.equal(test_logits(net, test, k), first[k]) for k, (_, test) in enumerate(tasks))
+    identical = all(torch.equal(evaluate(net, test, k)[0], first[k]) for k, test in enumerate(bench.test))
     print(f"\nevery task's test logits bitwise identical to when it was learnt: {identical}\n")
     print(net.capacity())
 
