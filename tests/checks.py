@@ -16,24 +16,23 @@ FREE = eidetic.FREE
 RAW = -2  # an input position that reads no unit (the network's input)
 
 
-def _owner_of_outputs(net, module: str, size: int) -> torch.Tensor:
-    owners = torch.full((size,), FREE, dtype=torch.long)
+def _owners(net, module: str, size: int, side: str, fill: int) -> torch.Tensor:
+    """Owner of each output (``side="outs"``) or input (``"ins"``) position of ``module``."""
+    owners = torch.full((size,), fill, dtype=torch.long)
     for group in net.graph:
         owner = net._eidetic.ownership.owner[group.key].long()
-        for slot in group.outs:
+        for slot in getattr(group, side):
             if slot.module == module:
                 owners[slot.index] = owner[slot.units]
     return owners
+
+
+def _owner_of_outputs(net, module: str, size: int) -> torch.Tensor:
+    return _owners(net, module, size, "outs", FREE)
 
 
 def _owner_of_inputs(net, module: str, size: int) -> torch.Tensor:
-    owners = torch.full((size,), RAW, dtype=torch.long)
-    for group in net.graph:
-        owner = net._eidetic.ownership.owner[group.key].long()
-        for slot in group.ins:
-            if slot.module == module:
-                owners[slot.index] = owner[slot.units]
-    return owners
+    return _owners(net, module, size, "ins", RAW)
 
 
 def frozen_state(net) -> dict[tuple[str, str], tuple[int, torch.Tensor, torch.Tensor]]:
@@ -97,3 +96,17 @@ def all_logits(net, x: torch.Tensor) -> list[torch.Tensor]:
         out = [net.logits(x, k) for k in range(net.num_tasks)]
     net.train(was)
     return out
+
+
+def check_after_task(net, fixed: torch.Tensor, task: int, logits: list[torch.Tensor], frozen: list[dict]) -> None:
+    """After ``task`` ends: every earlier task's logits on ``fixed`` are ``torch.equal`` to what
+    they were (``logits``), every earlier frozen state (``frozen``) is unchanged, and cut entries
+    are zero. Appends this task's logits and frozen state to the two lists."""
+    now = all_logits(net, fixed)
+    for j in range(task):
+        assert torch.equal(now[j], logits[j]), f"task {j} changed after task {task}"
+    logits.append(now[task])
+    for state in frozen:
+        assert_persistent(net, state)
+    frozen.append(frozen_state(net))
+    assert_resistance(net)

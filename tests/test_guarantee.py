@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
-from checks import all_logits, assert_persistent, assert_resistance, frozen_state
+from checks import assert_persistent, check_after_task
 from models import CNN, MLP, ConcatNet, ResNet, input_shape
 from strategies import cnn_specs, concat_specs, mlp_specs, optimizers, resnet_specs, runs
 
@@ -35,14 +35,7 @@ def run_and_check(family, spec, optimizer, plans, seed) -> None:
         loader = DataLoader(TensorDataset(x, y), batch_size=plan.batch_size, shuffle=True, drop_last=True)
         net.train_task(t, loader, num_classes=classes, optimizer=make_optimizer, epochs=plan.epochs,
                        pruning=plan.pruning, clip_grad_norm=plan.clip, progress=False)
-        now = all_logits(net, fixed)
-        for j in range(t):
-            assert torch.equal(now[j], logits[j]), f"task {j} changed after task {t}"
-        logits.append(now[t])
-        for state in frozen:
-            assert_persistent(net, state)
-        frozen.append(frozen_state(net))
-        assert_resistance(net)
+        check_after_task(net, fixed, t, logits, frozen)
 
         # A training-mode forward uses frozen statistics for frozen channels and updates none.
         net.train()

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import eidetic
 from eidetic.graph.recurrent import RecurrentSpec, check_recurrent
 
-from checks import all_logits, assert_persistent, assert_resistance, frozen_state
+from checks import all_logits, check_after_task
 from strategies import optimizers, runs
 
 KINDS = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN": nn.RNN}
@@ -89,14 +89,7 @@ def test_recurrent_bodies_never_forget(spec, optimizer, plans, seed):
         loader = DataLoader(sequences(plan.samples, plan.classes, g), batch_size=plan.batch_size, shuffle=True)
         net.train_task(t, loader, num_classes=plan.classes, optimizer=make_optimizer, epochs=plan.epochs,
                        pruning=plan.pruning, clip_grad_norm=plan.clip, progress=False)
-        now = all_logits(net, fixed)
-        for j in range(t):
-            assert torch.equal(now[j], logits[j]), f"task {j} changed after task {t}"
-        logits.append(now[t])
-        for state in frozen:
-            assert_persistent(net, state)
-        frozen.append(frozen_state(net))
-        assert_resistance(net)
+        check_after_task(net, fixed, t, logits, frozen)
         net.train()
         with torch.no_grad():  # no dropout or BatchNorm here: training mode gives the same outputs
             assert all(torch.equal(net.logits(fixed, j), logits[j]) for j in range(t + 1))
