@@ -144,6 +144,72 @@ def test_measurement_does_not_depend_on_the_example():
     assert a.canonical() == b.canonical()
 
 
+class Gated(eidetic.ContinualNetwork):
+    """``relu(a(x)) * sigmoid(s(x))`` read by ``c``; ``a`` is dead at any input (bias -100)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.s, self.c = nn.Linear(4, 3), nn.Linear(4, 3), nn.Linear(3, 2)
+        with torch.no_grad():
+            self.a.bias.fill_(-100.0)
+
+    def forward(self, x):
+        return self.c(F.relu(self.a(x)) * torch.sigmoid(self.s(x)))
+
+
+def test_a_gate_closed_at_the_example_still_couples_its_units():
+    graph = Gated().setup(torch.randn(2, 4))
+    (gate,) = [g for g in graph if "s" in g.modules]
+    assert gate.key == "a" and gate.modules == ["a", "s"]
+    assert slot_pairs(gate, "c") == [(u, u) for u in range(3)]
+    assert slot_pairs(gate, "s", role="out") == [(u, u) for u in range(3)]
+
+
+class Blocks(eidetic.ContinualNetwork):
+    """Conv-BN-activation blocks with a residual sum and a Linear read-out, in place or not."""
+
+    def __init__(self, act: str, inplace: bool):
+        super().__init__()
+        self.inplace = inplace
+        make = {"silu": nn.SiLU, "hardswish": nn.Hardswish, "leaky_relu": nn.LeakyReLU, "relu": nn.ReLU}[act]
+        self.c1, self.b1, self.a1 = nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), make(inplace=inplace)
+        self.c2, self.b2, self.a2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), make(inplace=inplace)
+        self.fc, self.a3 = nn.Linear(4 * 16, 5), make(inplace=inplace)
+
+    def forward(self, x):
+        h = self.a1(self.b1(self.c1(x)))
+        y = self.b2(self.c2(h))
+        if self.inplace:
+            y += h
+            y.relu_()
+        else:
+            y = F.relu(y + h)
+        return self.a3(self.fc(y.flatten(1)))
+
+
+@pytest.mark.parametrize("act", ["silu", "hardswish", "leaky_relu", "relu"])
+def test_in_place_operations_give_the_same_table(act):
+    example = torch.randn(2, 2, 4, 4)
+    torch.manual_seed(0)
+    plain = Blocks(act, inplace=False).setup(example)
+    torch.manual_seed(0)
+    net = Blocks(act, inplace=True)
+    assert net.setup(example).canonical() == plain.canonical()
+    net.validate_graph()
+    assert {"c1", "b1", "c2", "b2"} <= set(net.graph["c1"].modules)
+
+
+def test_discovery_passes_do_not_grow_with_the_number_of_units():
+    def passes(width: int) -> int:
+        net = MLP({"in": 5, "widths": [width, width], "bn": True, "act": "relu"})
+        calls = []
+        net.fcs[0].register_forward_pre_hook(lambda module, args: calls.append(1))
+        net.setup(torch.randn(2, 5))
+        return len(calls)
+
+    assert passes(512) <= passes(8) + 2  # codes of log2(units) copies per pass, not a pass per unit
+
+
 class _Wrap(eidetic.ContinualNetwork):
     def __init__(self, layer: nn.Module, features: int = 4) -> None:
         super().__init__()

@@ -1,10 +1,11 @@
 """Discovering which slices of which tensors belong to which unit.
 
 :func:`discover` is called once per architecture: it checks every module against the layer
-registry (refusing LayerNorm, attention and unknown parametric modules with a clear error),
-asks torch-pruning for its proposal, measures the table with the perturbation probe and keeps
-the measurement, reporting where torch-pruning was wrong. :func:`validate` re-measures a given
-table, for tests and for tables a user has edited.
+registry (refusing LayerNorm, attention and unknown parametric modules with a clear error) and
+measures the table with the perturbation probe (:mod:`.probe`). :func:`validate` re-measures a
+given table, for tests and for tables a user has edited. :func:`propose` asks torch-pruning for
+its table, to compare with ours (it is wrong for some split, concatenation, flatten and
+recurrent cases, which is why the table is measured).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ __all__ = [
     "compare",
     "discover",
     "input_positions",
+    "measure",
+    "propose",
     "register_layer",
     "spec_of",
     "validate",
@@ -93,24 +96,10 @@ def discover(net: nn.Module, forward: Forward, example: torch.Tensor, *,
             forward(example)  # materialises lazy modules before anything inspects shapes
         layers = collect_layers(net, exclude)
         measured = measure(forward, layers, example)
-        used = {n: layers[n] for n in measured.layers}
-        unused = [n for n in layers if n not in used]
+        unused = [n for n in layers if n not in measured.layers]
         if unused:
             log.warning("layers %s are never called by forward(); they take no part in continual "
                         "learning", unused)
-        if any(isinstance(spec, RecurrentSpec) for _, spec in used.values()):
-            log.info("torch-pruning does not handle recurrent layers; the probe's table is used as it is")
-            return measured
-        try:
-            proposal = propose(net, forward, used, example, measured.feature_dim)
-        except Exception as exc:
-            log.info("torch-pruning could not trace the network (%s: %s); using the probe's table",
-                     type(exc).__name__, exc)
-        else:
-            problems = compare(proposal, measured)
-            if problems:
-                log.info("torch-pruning's coupling table differs from the probe for %d unit(s); "
-                         "using the probe's measurement. First: %s", len(problems), problems[0])
     finally:
         for module, mode in modes.items():
             module.training = mode

@@ -136,18 +136,22 @@ class LayerSpec:
 
     # Probing (see ``eidetic/graph/probe.py``): how the units appear in the layer's activations.
 
-    def perturb(self, output, units: list[int], samples: int):
-        """``output`` with ``+D`` added to unit ``units[q // 2]`` in copy ``q`` (``-D`` for odd
-        ``q``); each copy is ``samples`` consecutive samples of the batch."""
+    def perturb(self, output, offsets: torch.Tensor):
+        """``output`` with ``offsets[n, u]`` added to unit ``u`` of sample ``n`` of the batch."""
         tensor = _first_tensor(output)
-        moved = tensor.movedim(self.out_unit_dim, -1)
-        delta = _offsets(moved.reshape(moved.shape[0], -1, moved.shape[-1]), units, samples)
-        changed = tensor + delta.reshape(moved.shape).movedim(-1, self.out_unit_dim)
+        dim = self.out_unit_dim % tensor.dim()
+        shape = [1] * tensor.dim()
+        shape[0], shape[dim] = offsets.shape
+        changed = tensor + offsets.to(tensor.dtype).view(shape)
         return changed if isinstance(output, torch.Tensor) else (changed, *output[1:])
 
     def input_changes(self, now, base, copies: int) -> torch.Tensor:
         """``(copies, positions)``: which input positions differ from the baseline in each copy."""
-        diff = (now != base).movedim(self.in_unit_dim, -1)
+        diff = now != base
+        dim = self.in_unit_dim % diff.dim()
+        others = [d for d in range(1, diff.dim()) if d != dim]
+        if others:
+            diff = diff.any(dim=tuple(others))
         return diff.reshape(copies, -1, diff.shape[-1]).any(dim=1)
 
     def unit_blocks(self, module: nn.Module) -> list[tuple[str, int, int]]:
@@ -182,18 +186,6 @@ def _first_tensor(value) -> torch.Tensor:
     if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
         return value[0]
     raise TypeError(f"expected a tensor output, got {type(value).__name__}")
-
-
-def _offsets(batch_rows: torch.Tensor, units: list[int], samples: int) -> torch.Tensor:
-    """Offsets for a ``(batch, rest, units)`` view: copy ``q`` (``samples`` rows of the batch)
-    gets ``+/-D`` on unit ``units[q // 2]``, with ``D`` well above the activations' magnitude."""
-    k, size = len(units), batch_rows.shape[-1]
-    scale = 10.0 * (1.0 + float(batch_rows.detach().abs().amax())) if batch_rows.numel() else 10.0
-    sign = torch.tensor([1.0, -1.0], dtype=batch_rows.dtype, device=batch_rows.device).repeat(k)
-    onehot = torch.zeros(2 * k, size, dtype=batch_rows.dtype, device=batch_rows.device)
-    onehot[torch.arange(2 * k), torch.tensor(units).repeat_interleave(2)] = 1.0
-    delta = (onehot * sign[:, None] * scale)[:, None, None, :]
-    return delta.expand(2 * k, samples, batch_rows.shape[1], size).reshape(batch_rows.shape)
 
 
 SpecFn = Callable[[nn.Module], LayerSpec]

@@ -140,32 +140,22 @@ class RecurrentSpec(LayerSpec):
         data = value.data if isinstance(value, PackedSequence) else value
         return data.reshape(-1, data.shape[-1])
 
-    def perturb(self, output, units: list[int], samples: int):
+    def perturb(self, output, offsets: torch.Tensor):
         sequence, state = output
         states = list(state) if isinstance(state, tuple) else [state]
         batch = states[0].shape[1]
-        copy_of_sample = torch.arange(batch, device=states[0].device) // samples
-        sign = torch.tensor([1.0, -1.0], device=states[0].device).repeat(len(units))[copy_of_sample]
-        unit = torch.tensor(units, device=states[0].device).repeat_interleave(2)[copy_of_sample]
-        scale = 10.0 * (1.0 + max(float(self._rows_view(sequence).detach().abs().amax()),
-                                  *(float(s.detach().abs().amax()) for s in states)))
-        block, j = unit // self.hidden, unit % self.hidden
-        for i, s in enumerate(states):
-            delta = torch.zeros_like(s)
-            delta[block, torch.arange(batch, device=s.device), j] = sign.to(s.dtype) * scale
-            states[i] = s + delta
-        last = self.layers - 1
-        visible = block // self.directions == last
-        position = (block % self.directions) * self.hidden + j
+        blocks = self.layers * self.directions
+        per_sample = offsets  # (batch, units)
+        delta = per_sample.view(batch, blocks, self.hidden).transpose(0, 1)
+        states = [s + delta.to(s.dtype) for s in states]
+        visible = per_sample[:, (blocks - self.directions) * self.hidden:]  # the last layer's units
         rows = self._samples_of_rows(sequence, batch)
         data = self._rows_view(sequence)
-        delta = torch.zeros_like(data)
-        hit = visible[rows]
-        delta[hit.nonzero().flatten(), position[rows][hit]] = (sign[rows][hit] * scale).to(data.dtype)
+        shifted = visible.to(data.device, data.dtype)[rows]
         if isinstance(sequence, PackedSequence):
-            sequence = sequence._replace(data=data + delta)
+            sequence = sequence._replace(data=data + shifted)
         else:  # add in the sequence's own layout (kernels downstream may round by layout)
-            sequence = sequence + delta.reshape(sequence.shape)
+            sequence = sequence + shifted.reshape(sequence.shape)
         return sequence, (tuple(states) if isinstance(state, tuple) else states[0])
 
     def input_changes(self, now, base, copies: int) -> torch.Tensor:

@@ -168,3 +168,101 @@ class UnitGraph:
             reads = sorted({s.module for s in g.ins})
             lines.append(f"{g.key}: {g.size} units, produced by {g.modules}, read by {reads}")
         return "\n".join(lines)
+
+
+def components(edges: list[tuple[torch.Tensor, torch.Tensor]], nodes: int) -> torch.Tensor:
+    """Connected components of ``nodes`` nodes joined by ``edges`` (pairs of id tensors): the
+    smallest node id of each node's component."""
+    label = torch.arange(nodes)
+    if not edges:
+        return label
+    a = torch.cat([e[0] for e in edges])
+    b = torch.cat([e[1] for e in edges])
+    while True:
+        ra, rb = label[a], label[b]
+        if torch.equal(ra, rb):
+            return label
+        low = torch.minimum(ra, rb)
+        label.scatter_reduce_(0, ra, low, "amin")
+        label.scatter_reduce_(0, rb, low, "amin")
+        while True:  # every label points at a root again
+            jumped = label[label]
+            if torch.equal(jumped, label):
+                break
+            label = jumped
+
+
+def assemble(producers: list[tuple[str, LayerSpec, int, int]], inputs: dict[str, tuple[int, int]],
+             edges: list[tuple[torch.Tensor, torch.Tensor]], nodes: int, feature_dim: int) -> UnitGraph:
+    """The table of measured contacts between units and input positions.
+
+    Args:
+        producers: ``(module, spec, first id, units)`` of every layer in module order; node
+            ``first + p`` is output position ``p`` of the module.
+        inputs: ``{module: (first id, positions)}`` for the input positions of every reader
+            (and :data:`FEATURES`), numbered after all output positions.
+        edges: ``(unit ids, node ids)`` pairs: unit (an output node) reaches node.
+        nodes: the number of node ids.
+        feature_dim: the number of features of the body.
+
+    Each unit is anchored at its first output position in module order; units with the same
+    anchor module form a group keyed by that module, numbered by anchor position.
+    """
+    label = components(edges, nodes)
+    outputs = producers[-1][2] + producers[-1][3] if producers else 0
+    touched = torch.zeros(nodes, dtype=torch.bool)
+    touched[:outputs] = True
+    for _, node in edges:
+        touched[node] = True
+    first = torch.tensor([p[2] for p in producers], dtype=torch.long)
+    module_of = torch.searchsorted(first, torch.arange(outputs), right=True) - 1
+    _refuse_mixed_units(producers, inputs, label, module_of, outputs)
+    anchors = (label[:outputs] == torch.arange(outputs)).nonzero().flatten()
+    rank = torch.zeros(outputs, dtype=torch.long)
+    anchor_module = module_of[anchors]
+    for m in anchor_module.unique().tolist():
+        here = anchors[anchor_module == m]
+        rank[here] = torch.arange(len(here))
+    slots: dict[int, dict[str, list[Slot]]] = {}
+    blocks = [(name, "out", f, n) for name, _, f, n in producers]
+    blocks += [(name, "in", f, n) for name, (f, n) in inputs.items()]
+    for name, role, start, size in blocks:
+        ids = torch.arange(start, start + size)[touched[start: start + size]]
+        if not len(ids):
+            continue
+        owner = label[ids]
+        group, unit, position = module_of[owner], rank[owner], ids - start
+        order = position.argsort(stable=True)
+        order = order[(group[order] * outputs + unit[order]).argsort(stable=True)]
+        group, unit, position = group[order], unit[order], position[order]
+        values, counts = group.unique_consecutive(return_counts=True)
+        for g, u, p in zip(values.tolist(), unit.split(counts.tolist()), position.split(counts.tolist())):
+            slots.setdefault(g, {"out": [], "in": []})[role].append(Slot(name, u, p))
+    groups = []
+    for g in sorted(slots):
+        name = producers[g][0]
+        size = int((anchor_module == g).sum())
+        groups.append(UnitGroup(name, size, tuple(slots[g]["out"]), tuple(slots[g]["in"])))
+    return UnitGraph(groups=tuple(groups), layers={p[0]: p[1] for p in producers}, feature_dim=feature_dim)
+
+
+def _refuse_mixed_units(producers, inputs, label: torch.Tensor, module_of: torch.Tensor, outputs: int) -> None:
+    """Two units of one layer in one component were combined by the network: refuse."""
+    from ..errors import UnsupportedLayerError
+
+    ids = torch.arange(outputs)
+    key = label[:outputs] * len(producers) + module_of
+    order = key.argsort()
+    same = (key[order][1:] == key[order][:-1]).nonzero().flatten()
+    if not len(same):
+        return
+    a, b = ids[order][same[0]], ids[order][same[0] + 1]
+    name, _, start, _ = producers[int(module_of[a])]
+    component = label[a]
+    readers = sorted(n for n, (f, size) in inputs.items() if (label[f: f + size] == component).any())
+    low, high = sorted((int(a) - start, int(b) - start))
+    raise UnsupportedLayerError(
+        f"units {low} and {high} of module '{name}' are mixed together before they reach {readers} (for example "
+        "by a softmax, a normalisation or attention across units), so they cannot be frozen one by one. Mix "
+        "units only inside supported layers."
+    )
