@@ -5,13 +5,13 @@ statistics. A frozen channel must do neither: it must compute exactly what it co
 evaluation mode. :class:`FrozenNorms` adds a forward hook to every BatchNorm layer that, in
 training mode, puts the frozen running statistics back and overwrites the frozen channels of the
 output with the evaluation-mode kernel's result on those channels (it computes each channel on
-its own, so both modes agree bit for bit, and the affine transform is applied once). The cost
-is proportional to the frozen channels.
+its own, so both modes agree bit for bit, and the affine transform is applied once). The
+overwrite is seen by autograd, so gradients are those of this forward. The cost is proportional
+to the frozen channels.
 """
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -29,16 +29,14 @@ def _frozen_batchnorm_hook(module: nn.Module, args, output):
     mean.restore()
     var.restore()
     # The frozen channels alone, through the evaluation-mode kernel: per channel, exactly what
-    # evaluation mode computes. The values are written behind autograd's back (``.data``): the
-    # backward pass of the frozen channels is that of batch statistics, which is wrong but
-    # harmless, since every path back from a frozen channel reaches only frozen weights (whose
-    # updates the guard undoes) or cut weights (exactly zero, so nothing reaches a free unit).
+    # evaluation mode computes. The copy into the output is recorded by autograd, so the backward
+    # pass is that of what the forward computes: evaluation mode for the frozen channels (their
+    # batch-mode gradient, which divides by the batch's standard deviation, never reaches the
+    # input), batch statistics for the free ones.
     index = mean.index
-    with torch.no_grad():
-        frozen = F.batch_norm(args[0].index_select(1, index), mean.values, var.values, weight, bias,
-                              False, 0.0, module.eps)
-    output.data.index_copy_(1, index, frozen)
-    return None
+    frozen = F.batch_norm(args[0].index_select(1, index), mean.values, var.values, weight, bias,
+                          False, 0.0, module.eps)
+    return output.index_copy_(1, index, frozen)
 
 
 class FrozenNorms:

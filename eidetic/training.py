@@ -103,6 +103,7 @@ class TaskSession:
     progress: bool = True
     penalty: Callable[[], torch.Tensor] | None = None
     epochs_run: int = field(default=0, init=False)
+    _finite: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)  # per step since the last check
 
     def __post_init__(self) -> None:
         self.guard.watch(self.optimizer)
@@ -135,6 +136,7 @@ class TaskSession:
         loss = self.loss_fn(logits, y)
         if self.penalty is not None:
             loss = loss + self.penalty()
+        self._watch_finite(x, logits, loss)
         loss.backward()
         if self.clip_grad_norm is not None:
             self.guard.zero_grads()
@@ -152,11 +154,13 @@ class TaskSession:
         self.body.train()
         self.head.train()
         first = self.epochs_run == 0
+        epoch = self.epochs_run + 1
+        self._finite = []
         total_loss = torch.zeros((), device=self.device)
         total_metric = torch.zeros((), device=self.device)
         samples = 0
         data = batches(self.train_loader, self.device, "train_data")
-        bar = tqdm(data, desc=f"task {self.task} epoch {self.epochs_run + 1}", leave=False,
+        bar = tqdm(data, desc=f"task {self.task} epoch {epoch}", leave=False,
                    disable=None if self.progress else True, total=_length(self.train_loader))
         for step, (x, y) in enumerate(bar, 1):
             if first:
@@ -168,10 +172,10 @@ class TaskSession:
             for cb in self.callbacks:
                 cb.on_step_end(self.task, loss)
             if step % _FINITE_CHECK_EVERY == 0:
-                self._check_finite(float(total_loss))
-        self.epochs_run += 1
+                self._check_finite(float(total_loss), epoch)
         mean_loss = float(total_loss) / samples
-        self._check_finite(mean_loss)
+        self._check_finite(mean_loss, epoch)
+        self.epochs_run = epoch
         stats = EpochStats(self.epochs_run, mean_loss, float(total_metric) / samples)
         if self.val_loader is not None:
             stats.val_metric = self.evaluate(self.val_loader, "val_data")
@@ -180,13 +184,32 @@ class TaskSession:
         log.debug("task %d epoch %d: loss %.4f metric %.4f", self.task, stats.epoch, stats.loss, stats.metric)
         return stats
 
-    def _check_finite(self, loss: float) -> None:
-        if not math.isfinite(loss):
-            raise NonFiniteLossError(
-                f"the loss of task {self.task} became {loss} in epoch {self.epochs_run + 1}; the "
-                "network was rolled back to its state before the call. Lower the learning rate or "
-                "pass clip_grad_norm=..."
-            )
+    def _watch_finite(self, x: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor) -> None:
+        """Note, without waiting for the device, whether the step's inputs, outputs and loss are finite."""
+        device = logits.device
+        inputs = torch.isfinite(x).all().to(device) if x.is_floating_point() else torch.ones((), dtype=torch.bool,
+                                                                                            device=device)
+        self._finite.append(torch.stack([inputs, torch.isfinite(logits.detach()).all(),
+                                         torch.isfinite(loss.detach()).all()]))
+
+    def _check_finite(self, loss: float, epoch: int) -> None:
+        """Raise if the loss summed since the epoch began is not finite, naming what broke first."""
+        steps, self._finite = self._finite, []
+        if math.isfinite(loss):
+            return
+        flags = torch.stack(steps).cpu() if steps else torch.ones(1, 3, dtype=torch.bool)
+        first = int((~flags).any(dim=1).float().argmax())
+        inputs, outputs, _ = flags[first].tolist()
+        if not inputs:
+            cause = (f"the training inputs of task {self.task} hold NaN or infinite values (epoch {epoch}): the "
+                     "data is broken, not the network. Clean or normalise the inputs")
+        elif not outputs:
+            cause = (f"the outputs of task {self.task} became NaN or infinite in epoch {epoch} while its inputs "
+                     "were finite: training diverged. Lower the learning rate or pass clip_grad_norm=...")
+        else:
+            cause = (f"the loss of task {self.task} became {loss} in epoch {epoch} while the network's outputs "
+                     "were finite: check loss_fn and the targets")
+        raise NonFiniteLossError(f"{cause}. The network was rolled back to its state before the call.")
 
     def fit(self, epochs: int, early_stopping: int | None, scheduler=None) -> list[EpochStats]:
         """Train for ``epochs`` epochs, stopping after ``early_stopping`` epochs without progress.

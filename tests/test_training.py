@@ -166,10 +166,29 @@ def test_a_nan_loss_rolls_back_with_a_clear_error():
     net = trained(1)
     before = state(net)
     nan_loss = lambda logits, y: logits.sum() * math.nan  # noqa: E731
-    with pytest.raises(eidetic.NonFiniteLossError, match="loss of task 1 became nan"):
+    with pytest.raises(eidetic.NonFiniteLossError, match="loss of task 1 became nan in epoch 1 while"):
         net.train_task(1, data(seed=1), batch_size=8, num_classes=3, optimizer=adam, epochs=1, loss_fn=nan_loss,
                        progress=False)
     assert net.num_tasks == 1
+    assert_same_state(net, before)
+
+
+def test_non_finite_inputs_are_named_as_the_cause():
+    net = trained(1)
+    before = state(net)
+    broken = data(seed=1)
+    broken.tensors[0][5, 2] = math.inf
+    with pytest.raises(eidetic.NonFiniteLossError, match="inputs of task 1 hold NaN or infinite values"):
+        net.train_task(1, broken, batch_size=8, num_classes=3, optimizer=adam, epochs=2, progress=False)
+    assert_same_state(net, before)
+
+
+def test_diverging_training_is_named_with_the_epoch_it_happened_in():
+    net = trained(1)
+    before = state(net)
+    with pytest.raises(eidetic.NonFiniteLossError, match="outputs of task 1 became NaN or infinite in epoch 1 "):
+        net.train_task(1, data(seed=1), batch_size=8, num_classes=3, epochs=1, progress=False,
+                       optimizer=lambda p: torch.optim.SGD(p, lr=1e30))
     assert_same_state(net, before)
 
 

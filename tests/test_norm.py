@@ -1,0 +1,64 @@
+"""Frozen BatchNorm channels in training mode: the forward of evaluation mode, and its gradient."""
+
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call
+
+import eidetic
+
+from models import CNN, MLP
+
+
+def _half_frozen(net: eidetic.ContinualNetwork, x: torch.Tensor) -> eidetic.ContinualNetwork:
+    """Train one task that keeps about half of every layer, so BatchNorm layers hold both kinds."""
+    data = torch.utils.data.TensorDataset(x, torch.randint(0, 2, (len(x),)))
+    net.train_task(0, data, batch_size=8, num_classes=2, epochs=1, progress=False,
+                   optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                   pruning=eidetic.Pruning(step=0.5, tolerance=0.99, max_steps=1))
+    frozen = net._eidetic.ownership.masks("frozen")
+    assert all(0 < int(m.sum()) < m.numel() for m in frozen.values())
+    return net.double().train()
+
+
+def test_gradient_through_frozen_channels_is_that_of_the_forward():
+    torch.manual_seed(0)
+    net = _half_frozen(MLP({"in": 3, "widths": [6, 4], "bn": True, "act": "tanh"}), torch.randn(32, 3))
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda inputs: net.logits(inputs, 0), (x,))
+
+    names = ["fcs.0.weight", "fcs.1.weight", "bns.0.weight", "bns.1.bias"]
+    params = {n: p.detach().clone().requires_grad_() for n, p in net.named_parameters() if n in names}
+
+    def of_params(*values):
+        return functional_call(net, dict(zip(names, values)), (x.detach(),))
+
+    assert torch.autograd.gradcheck(of_params, tuple(params[n] for n in names))
+
+
+def test_gradient_through_frozen_conv_channels_is_that_of_the_forward():
+    torch.manual_seed(1)
+    spec = {"channels_in": 2, "size": 4, "layers": [(4, "plain"), (4, "depthwise")], "bn": True, "pool": True,
+            "features": 8}
+    net = _half_frozen(CNN(spec), torch.randn(32, 2, 4, 4))
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    net.logits(x, 0).sum().backward()
+    assert x.grad.abs().sum() > 0  # the outputs depend on the input: the check below has something to check
+    assert torch.autograd.gradcheck(lambda inputs: net.logits(inputs, 0), (x.detach().requires_grad_(),))
+
+
+def test_frozen_channels_in_training_mode_compute_evaluation_mode_and_keep_statistics():
+    torch.manual_seed(2)
+    net = _half_frozen(MLP({"in": 3, "widths": [6], "bn": True, "act": "relu"}), torch.randn(32, 3)).float()
+    bn = net.bns[0]
+    frozen = net._eidetic.ownership.masks("frozen")["fcs.0"]
+    stats = (bn.running_mean.clone(), bn.running_var.clone())
+    x = torch.randn(16, 3) * 3 + 1
+    pre = net.fcs[0](x)
+    train_out = bn(pre)
+    net.eval()
+    eval_out = bn(pre)
+    assert torch.equal(train_out[:, frozen], eval_out[:, frozen])
+    assert not torch.equal(train_out[:, ~frozen], eval_out[:, ~frozen])
+    assert torch.equal(bn.running_mean[frozen], stats[0][frozen])
+    assert torch.equal(bn.running_var[frozen], stats[1][frozen])
