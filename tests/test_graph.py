@@ -238,6 +238,34 @@ def test_refused_layers_raise_a_clear_error_naming_the_module(layer, message):
     assert net.graph is None
 
 
+def test_a_transformer_is_refused_for_both_of_its_reasons_before_anything_runs():
+    class Encoder(nn.Module):  # holds a parameter of its own, as torchvision's VisionTransformer does
+        def __init__(self):
+            super().__init__()
+            self.token = nn.Parameter(torch.zeros(1, 1, 4))
+            self.norm, self.attn = nn.LayerNorm(4), nn.MultiheadAttention(4, 2)
+
+    class WindowAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bias = nn.Parameter(torch.zeros(3))
+
+    class Net(eidetic.ContinualNetwork):
+        def __init__(self, body):
+            super().__init__()
+            self.body = body
+
+        def forward(self, x):
+            raise AssertionError("refusals come before any forward pass")
+
+    with pytest.raises(eidetic.UnsupportedLayerError,
+                       match=r"'body.norm' \(LayerNorm\).*normalises across units.*also has module 'body.attn' "
+                             r"\(MultiheadAttention\): attention mixes units"):
+        Net(Encoder()).setup(torch.randn(2, 4))
+    with pytest.raises(eidetic.UnsupportedLayerError, match=r"'body' \(WindowAttention\).*attention mixes units"):
+        Net(WindowAttention()).setup(torch.randn(2, 4))
+
+
 def test_transposed_convolution_is_refused():
     class Net(eidetic.ContinualNetwork):
         def __init__(self):

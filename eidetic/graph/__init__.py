@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedLayerError
-from .layers import Layers, LayerSpec, check_supported, input_positions, register_layer, spec_of
+from .layers import Layers, LayerSpec, check_refused, check_supported, input_positions, register_layer, spec_of
 from .probe import measure
 from .recurrent import RecurrentSpec, check_recurrent, recurrent_spec
 from .table import FEATURES, Slot, UnitGraph, UnitGroup
@@ -63,10 +63,10 @@ def collect_layers(net: nn.Module, exclude: Iterable[nn.Module] = ()) -> Layers:
             "layers an owner. Put them in a layer (e.g. nn.Linear) or a registered custom layer."
         )
     skipped = {id(m) for root in exclude for m in root.modules()}
+    modules = [(name, m) for name, m in net.named_modules() if id(m) not in skipped and m is not net]
+    check_refused(modules)
     layers = {}
-    for name, module in net.named_modules():
-        if id(module) in skipped or module is net:
-            continue
+    for name, module in modules:
         spec = check_supported(name, module)
         if spec is not None:
             layers[name] = (module, spec)

@@ -39,6 +39,7 @@ __all__ = [
     "LayerSpec",
     "Layers",
     "broadcast_rows_cols",
+    "check_refused",
     "check_supported",
     "input_positions",
     "register_layer",
@@ -259,6 +260,7 @@ _ATTENTION = (
     nn.TransformerDecoderLayer,
 )
 
+_ATTENTION_REASON = "attention mixes units, so no unit can be frozen on its own. Use convolutional or Linear layers."
 _REFUSED: list[tuple[tuple[type, ...], str]] = [
     (
         _NORM_ACROSS_UNITS,
@@ -266,11 +268,7 @@ _REFUSED: list[tuple[tuple[type, ...], str]] = [
         "output of a frozen unit. Use BatchNorm (per-unit statistics, frozen per unit) or no "
         "normalisation.",
     ),
-    (
-        _ATTENTION,
-        "attention mixes units, so no unit can be frozen on its own. Use convolutional or "
-        "Linear layers.",
-    ),
+    (_ATTENTION, _ATTENTION_REASON),
     (
         (nn.RNNCellBase,),
         "recurrent cells stepped by hand in forward are not supported (the same cell is applied at "
@@ -300,13 +298,41 @@ def _owns_tensors(module: nn.Module) -> bool:
     return any(True for _ in module.parameters(recurse=False))
 
 
+def refusal(module: nn.Module) -> str | None:
+    """Why ``module``'s type cannot be used at all (normalisation across units, attention, ...),
+    or ``None``. An explicit registration overrides a refusal."""
+    if type(module) in _REGISTRY:
+        return None
+    for types, reason in _REFUSED:
+        if isinstance(module, types):
+            return reason
+    if "attention" in type(module).__name__.lower():  # torchvision's window and relative attention, ...
+        return _ATTENTION_REASON
+    return None
+
+
+def check_refused(modules: list[tuple[str, nn.Module]]) -> None:
+    """Raise for the first refused module, naming the other kinds of refused modules too (a
+    transformer holds both LayerNorm and attention: both are the reason)."""
+    found: dict[str, tuple[str, nn.Module]] = {}
+    for name, module in modules:
+        reason = refusal(module)
+        if reason is not None:
+            found.setdefault(reason, (name, module))
+    if not found:
+        return
+    (reason, (name, module)), *others = found.items()
+    also = "".join(f" The network also has module '{n}' ({type(m).__name__}): {r}" for r, (n, m) in others)
+    raise UnsupportedLayerError(f"module '{name}' ({type(module).__name__}) cannot be used in a ContinualNetwork: "
+                                f"{reason}{also}")
+
+
 def check_supported(name: str, module: nn.Module) -> LayerSpec | None:
     """Return the spec of a layer, ``None`` for a container, or raise for a refused module."""
     label = f"module '{name}' ({type(module).__name__})"
-    if type(module) not in _REGISTRY:  # an explicit registration overrides a refusal
-        for types, reason in _REFUSED:
-            if isinstance(module, types):
-                raise UnsupportedLayerError(f"{label} cannot be used in a ContinualNetwork: {reason}")
+    reason = refusal(module)
+    if reason is not None:
+        raise UnsupportedLayerError(f"{label} cannot be used in a ContinualNetwork: {reason}")
     spec = spec_of(module)
     if spec is None:
         if _owns_tensors(module):
