@@ -1,12 +1,15 @@
-"""Shared by the benchmark scripts: a right-aligned text table, and the JSON record of a run
-(machine, settings, results)."""
+"""Shared by the benchmark scripts: a right-aligned text table, the JSON record of a run
+(machine, settings, results), and the process's resident memory."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import re
+from pathlib import Path
 
 import torch
 
@@ -24,3 +27,21 @@ def write_json(path: str, args: argparse.Namespace, results) -> None:
     settings = {k: v for k, v in vars(args).items() if k != "json"}
     with open(path, "w") as f:
         json.dump({"machine": machine, "settings": settings, "results": results}, f, indent=2, default=str)
+
+
+STATUS = Path("/proc/self/status")
+
+
+def memory_kib() -> dict[str, int | None]:
+    """Peak (VmHWM) and current (VmRSS) resident memory of this process, in KiB (Linux)."""
+    if not STATUS.exists():
+        return {"peak": None, "now": None}
+    text = STATUS.read_text()
+    return {"peak": int(re.search(r"VmHWM:\s+(\d+)", text).group(1)),
+            "now": int(re.search(r"VmRSS:\s+(\d+)", text).group(1))}
+
+
+def reset_peak() -> None:
+    """Reset the peak resident memory to the current one (Linux 4.0 and later; else a no-op)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")

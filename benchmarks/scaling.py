@@ -28,11 +28,8 @@ Run::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
-import re
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -41,24 +38,7 @@ from torch import nn
 import eidetic
 from eidetic import datasets, zoo
 
-from common import text_table, write_json
-
-STATUS = Path("/proc/self/status")
-
-
-def memory_kib() -> dict[str, int | None]:
-    """Peak (VmHWM) and current (VmRSS) resident memory of this process, in KiB (Linux)."""
-    if not STATUS.exists():
-        return {"peak": None, "now": None}
-    text = STATUS.read_text()
-    return {"peak": int(re.search(r"VmHWM:\s+(\d+)", text).group(1)),
-            "now": int(re.search(r"VmRSS:\s+(\d+)", text).group(1))}
-
-
-def reset_peak() -> None:
-    """Reset the peak resident memory to the current one (Linux 4.0 and later; else a no-op)."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
+from common import memory_kib, reset_peak, text_table, write_json
 
 
 def state_bytes(net: nn.Module) -> int:

@@ -135,13 +135,26 @@ def test_validator_catches_a_missing_producer_and_a_missing_reader():
     net.validate_graph()  # the discovered table itself is right
 
 
+def test_tables_compare_by_couplings_not_by_numbering():
+    net = ResNet({"channels_in": 2, "size": 4, "stem": 3, "blocks": [(4, 2)], "head": "flatten"})
+    graph = net.setup(torch.randn(2, 2, 4, 4))
+    group = graph.groups[1]
+    perm = torch.randperm(group.size, generator=torch.Generator().manual_seed(0)).flip(0)
+    renumber = lambda slots: tuple(Slot(s.module, perm[s.units], s.index) for s in slots)  # noqa: E731
+    renumbered = _replace_group(graph, group.key, outs=renumber(group.outs), ins=renumber(group.ins))
+    assert renumbered.canonical() == graph.canonical() and renumbered.same_couplings(graph)
+    (slot, *rest) = group.ins
+    moved = _replace_group(graph, group.key, ins=(Slot(slot.module, slot.units.roll(1), slot.index), *rest))
+    assert moved.canonical() != graph.canonical() and not moved.same_couplings(graph)
+
+
 def test_measurement_does_not_depend_on_the_example():
     net = ResNet({"channels_in": 2, "size": 4, "stem": 3, "blocks": [(4, 2)], "head": "flatten"})
     layers = collect_layers(net, [net.heads])
     net.eval()
     a = measure(net.forward, layers, torch.randn(1, 2, 4, 4))
     b = measure(net.forward, layers, torch.randn(2, 2, 4, 4) * 10)
-    assert a.canonical() == b.canonical()
+    assert a.canonical() == b.canonical() and a.same_couplings(b)
 
 
 class Gated(eidetic.ContinualNetwork):
@@ -197,6 +210,21 @@ def test_in_place_operations_give_the_same_table(act):
     assert net.setup(example).canonical() == plain.canonical()
     net.validate_graph()
     assert {"c1", "b1", "c2", "b2"} <= set(net.graph["c1"].modules)
+
+
+def test_lazy_layers_are_materialised_before_discovery():
+    class Lazy(eidetic.ContinualNetwork):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.LazyLinear(4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.b(F.relu(self.a(x)))
+
+    net = Lazy()
+    graph = net.setup(torch.randn(2, 5))
+    assert isinstance(net.a, nn.Linear) and net.a.weight.shape == (4, 5)
+    assert slot_pairs(graph["a"], "b") == [(u, u) for u in range(4)]
 
 
 def test_discovery_passes_do_not_grow_with_the_number_of_units():

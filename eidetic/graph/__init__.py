@@ -92,9 +92,10 @@ def discover(net: nn.Module, forward: Forward, example: torch.Tensor, *,
     layers = collect_layers(net, exclude)
     modes = _in_eval(net)
     try:
-        with torch.no_grad():
-            forward(example)  # materialises lazy modules before anything inspects shapes
-        layers = collect_layers(net, exclude)
+        if any(isinstance(m, nn.modules.lazy.LazyModuleMixin) for m, _ in layers.values()):
+            with torch.no_grad():
+                forward(example)  # materialises lazy modules before anything inspects shapes
+            layers = collect_layers(net, exclude)
         measured = measure(forward, layers, example)
         unused = [n for n in layers if n not in measured.layers]
         if unused:

@@ -271,7 +271,7 @@ class _Probe:
         self._take_back()
 
     def _fill(self, layer: _Layer) -> None:
-        self.clamp[layer.name] = _copy(layer.points.repeat(self.batch, *([1] * (layer.points.dim() - 1))))
+        self.clamp[layer.name] = layer.points.repeat(self.batch, *([1] * (layer.points.dim() - 1)))
 
     def _lend(self, layer: _Layer):
         """The unperturbed output of ``layer`` for one pass: the kept tensor itself, unless the
@@ -441,7 +441,7 @@ def _operating_points(output, shift: float) -> torch.Tensor | None:
     if not output.is_floating_point():
         return output.repeat(POINTS, *([1] * (output.dim() - 1)))
     up = output.abs() + shift
-    return torch.cat([output, up, -up])
+    return _copy(torch.cat([output, up, -up]))  # zeros as a perturbed pass makes them (x + 0)
 
 
 def _device_of(value) -> torch.device:

@@ -161,6 +161,41 @@ class UnitGraph:
                         units.setdefault((group.key, u), set()).add((role, slot.module, p))
         return frozenset(frozenset(s) for s in units.values())
 
+    def same_couplings(self, other: UnitGraph) -> bool:
+        """Whether ``other`` describes exactly the couplings of this table (like comparing
+        :meth:`canonical` forms, without building Python sets of every position)."""
+        mine, theirs = self._anchored(), other._anchored()
+        if mine is None or theirs is None:
+            return self.canonical() == other.canonical()
+        return mine.keys() == theirs.keys() and all(torch.equal(v, theirs[k]) for k, v in mine.items())
+
+    def _anchored(self) -> dict[tuple[str, str, str], torch.Tensor] | None:
+        """``{(role, module, anchor module): sorted position * 2**32 + anchor position}``, where a
+        unit's anchor is its first output position in module order; ``None`` if a position sits
+        in two units or a unit has no output (the comparison then goes through sets)."""
+        order = {name: i for i, name in enumerate(self.layers)}
+        order[FEATURES] = len(order)
+        module_of = list(order)
+        found: dict[tuple[str, str, str], list[torch.Tensor]] = defaultdict(list)
+        seen: dict[tuple[str, str], list[torch.Tensor]] = defaultdict(list)
+        for group in self.groups:
+            key = torch.full((group.size,), 2**62, dtype=torch.long)
+            for slot in group.outs:
+                key.scatter_reduce_(0, slot.units, order[slot.module] * 2**32 + slot.index, "amin")
+            if bool((key == 2**62).any()):
+                return None
+            anchor_module, anchor_position = key // 2**32, key % 2**32
+            for role, slots in (("out", group.outs), ("in", group.ins)):
+                for slot in slots:
+                    seen[(role, slot.module)].append(slot.index)
+                    for m in anchor_module[slot.units].unique().tolist():
+                        pick = anchor_module[slot.units] == m
+                        found[(role, slot.module, module_of[m])].append(
+                            slot.index[pick] * 2**32 + anchor_position[slot.units[pick]])
+        if any(len(torch.cat(v).unique()) != sum(len(t) for t in v) for v in seen.values()):
+            return None
+        return {k: torch.cat(v).sort().values for k, v in found.items()}
+
     def describe(self) -> str:
         """A short human-readable listing of the groups."""
         lines = []

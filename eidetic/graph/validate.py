@@ -39,7 +39,7 @@ def compare(table: UnitGraph, measured: UnitGraph) -> list[str]:
 
     Returns an empty list when both describe exactly the same couplings.
     """
-    if table.canonical() == measured.canonical():
+    if table.same_couplings(measured):
         return []
     expected, seen = _units_by_output(table), _units_by_output(measured)
     problems, reported = [], set()
