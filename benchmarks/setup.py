@@ -11,9 +11,10 @@ For each of torchvision's classification models (``weights=None``), wrapped as t
   model and input, the baseline: ``setup`` is reported as a multiple of it;
 * one training step (forward, backward, SGD) of the plain model at batch 32, to put ``load`` in
   proportion (an epoch of CIFAR-10 at batch 32 is 1563 steps);
-* the peak resident memory added by ``setup`` (Linux).
+* the peak resident memory added by the first ``setup`` of the model (Linux; memory freed by an
+  earlier model may be reused, so run one model per process for a clean figure).
 
-Every time is the best of ``--repeat`` runs after a warm-up. Run::
+Every time is the best of ``--repeat`` runs after a warm-up, without building the model. Run::
 
     python benchmarks/setup.py                      # every model at 3x32x32, about 3 minutes
     python benchmarks/setup.py --models resnet50 --size 224 --repeat 1
@@ -57,13 +58,16 @@ def build(name: str) -> nn.Module:
     return getattr(torchvision.models, name)(weights=None, **extra)
 
 
-def best(fn, repeat: int) -> float:
-    fn()  # warm-up
+def best(fn, repeat: int, fresh=None) -> float:
+    """The shortest of ``repeat`` timed calls after a warm-up; ``fn(fresh())`` if ``fresh`` is given,
+    with ``fresh()`` (building a new model) outside the timing."""
     times = []
-    for _ in range(repeat):
+    for i in range(repeat + 1):
+        arg = () if fresh is None else (fresh(),)
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+        fn(*arg)
+        if i:
+            times.append(time.perf_counter() - start)
     return min(times)
 
 
@@ -98,20 +102,19 @@ def step_seconds(model: nn.Module, size: int, repeat: int) -> float:
 
 def measure(name: str, size: int, repeat: int) -> dict:
     x = torch.randn(2, 3, size, size)
-    tp_s = torch_pruning_seconds(build(name).eval(), x[:1], repeat)
-    setup_s = best(lambda: Body(build(name)).setup(x), repeat)
+    net = Body(build(name))
     reset_peak()
     before = memory_kib()
-    net = Body(build(name))
     graph = net.setup(x)
     peak = memory_kib()["peak"]
+    tp_s = torch_pruning_seconds(build(name).eval(), x[:1], repeat)
+    setup_s = best(lambda fresh: fresh.setup(x), repeat, fresh=lambda: Body(build(name)))
     validate_s = best(net.validate_graph, repeat)
     state = net.state_dict()
-    load_s = best(lambda: Body(build(name)).load_state_dict(state), repeat)
-    build_s = best(lambda: build(name), repeat)
+    load_s = best(lambda fresh: fresh.load_state_dict(state), repeat, fresh=lambda: Body(build(name)))
     return {
         "model": name, "input": f"3x{size}x{size}", "units": sum(g.size for g in graph), "groups": len(graph),
-        "setup_s": setup_s, "validate_s": validate_s, "load_s": max(load_s - build_s, 0.0),
+        "setup_s": setup_s, "validate_s": validate_s, "load_s": load_s,
         "torch_pruning_s": tp_s, "step_s": step_seconds(build(name), size, repeat),
         "setup_peak_mib": None if peak is None else (peak - before["now"]) / 1024,
     }
@@ -142,7 +145,7 @@ def main() -> None:
                       f"{r['load_s']:.3f}", f"{r['load_s'] / r['step_s']:.1f}",
                       "-" if r["setup_peak_mib"] is None else f"{r['setup_peak_mib']:.0f}"])
     print(f"\nbest of {args.repeat}, {args.threads} thread(s), torch {torch.__version__}, "
-          f"torchvision {torchvision.__version__}; load excludes building the fresh model; "
+          f"torchvision {torchvision.__version__}; setup and load exclude building the model; "
           "load / step: load time in plain training steps at batch 32")
     print(text_table(lines))
     if args.json:
