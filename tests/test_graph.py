@@ -8,13 +8,16 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import eidetic
 from eidetic.graph import FEATURES, Slot, UnitGraph, UnitGroup, collect_layers, measure, propose
 from eidetic.graph import validate as validate_table
 
-from models import CNN, MLP, ConcatNet, ResNet
+from models import CNN, MLP, ConcatNet, ResNet, input_shape
+from strategies import cnn_specs, mlp_specs, resnet_specs
 
 
 def slot_pairs(group: UnitGroup, module: str, role: str = "in") -> list[tuple[int, int]]:
@@ -458,3 +461,20 @@ def test_embedding_on_the_input_side_never_forgets():
     net.train_task(1, data, batch_size=8, num_classes=3, optimizer=make, epochs=2, progress=False)
     net.eval()
     assert torch.equal(net.logits(tokens, 0), before)
+
+
+@settings(max_examples=40)
+@given(st.one_of(st.tuples(st.just(MLP), mlp_specs()), st.tuples(st.just(CNN), cnn_specs()),
+                 st.tuples(st.just(ResNet), resnet_specs())),
+       st.integers(0, 2**16))
+def test_measured_table_matches_torch_pruning_where_torch_pruning_is_right(family_spec, seed):
+    """An independent reference for the probe: torch-pruning's trace of the same network, on the
+    families it handles correctly (no split, 3-D concatenation or recurrence)."""
+    family, spec = family_spec
+    torch.manual_seed(seed)
+    net = family(spec)
+    example = torch.randn(2, *input_shape(family, spec))
+    graph = net.setup(example)
+    net.eval()
+    proposal = propose(net, net.forward, collect_layers(net, [net.heads]), example, graph.feature_dim)
+    assert eidetic.graph.compare(proposal, graph) == []
