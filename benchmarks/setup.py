@@ -1,7 +1,7 @@
 """What bringing a torchvision network costs: discovery, validation and checkpoint loading.
 
-For each of torchvision's classification models (``weights=None``), wrapped as the body of a
-:class:`eidetic.ContinualNetwork`, one run measures:
+For each of torchvision's classification models (``weights=None``) as the body of an
+:class:`eidetic.Wrapped` network, one run measures:
 
 * ``setup``: discovering and measuring the unit table (``net.setup(example)``);
 * ``validate``: measuring it again and comparing (``net.validate_graph()``);
@@ -41,15 +41,6 @@ MODELS = ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "vgg11_b
           "efficientnet_b0", "mnasnet0_5", "shufflenet_v2_x0_5", "squeezenet1_1", "regnet_x_400mf",
           "regnet_y_400mf"]
 MIN_SIZE = {"inception_v3": 75}  # inception_v3 needs at least 75x75 inputs
-
-
-class Body(eidetic.ContinualNetwork):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
 
 
 def build(name: str) -> nn.Module:
@@ -102,16 +93,16 @@ def step_seconds(model: nn.Module, size: int, repeat: int) -> float:
 
 def measure(name: str, size: int, repeat: int) -> dict:
     x = torch.randn(2, 3, size, size)
-    net = Body(build(name))
+    net = eidetic.Wrapped(build(name))
     reset_peak()
     before = memory_kib()
     graph = net.setup(x)
     peak = memory_kib()["peak"]
     tp_s = torch_pruning_seconds(build(name).eval(), x[:1], repeat)
-    setup_s = best(lambda fresh: fresh.setup(x), repeat, fresh=lambda: Body(build(name)))
+    setup_s = best(lambda fresh: fresh.setup(x), repeat, fresh=lambda: eidetic.Wrapped(build(name)))
     validate_s = best(net.validate_graph, repeat)
     state = net.state_dict()
-    load_s = best(lambda fresh: fresh.load_state_dict(state), repeat, fresh=lambda: Body(build(name)))
+    load_s = best(lambda fresh: fresh.load_state_dict(state), repeat, fresh=lambda: eidetic.Wrapped(build(name)))
     return {
         "model": name, "input": f"3x{size}x{size}", "units": sum(g.size for g in graph), "groups": len(graph),
         "setup_s": setup_s, "validate_s": validate_s, "load_s": load_s,

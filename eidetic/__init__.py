@@ -15,7 +15,7 @@ from .errors import (
 )
 from .evaluation import Evaluation, Results, Task, TaskEvaluation, evaluate, run_tasks
 from .graph import LayerSpec, UnitGraph, register_layer
-from .network import ContinualNetwork
+from .network import ContinualNetwork, Wrapped
 from .ownership import FREE
 from .pruning import GracefulPruning, Pruning
 from .report import EpochStats, PruneStep, TaskReport
@@ -55,6 +55,7 @@ __all__ = [
     "TaskReport",
     "UnitGraph",
     "UnsupportedLayerError",
+    "Wrapped",
     "register_importance",
     "register_layer",
 ]

@@ -623,6 +623,33 @@ class ContinualNetwork(nn.Module):
         self._eidetic = _State()
 
 
+class Wrapped(ContinualNetwork):
+    """Any module as the body of a :class:`ContinualNetwork`: its outputs are the features.
+
+    For networks you already have, such as torchvision's models, instead of writing a subclass
+    whose ``forward`` calls them. A checkpoint loads into ``Wrapped`` of the same architecture.
+
+    Example::
+
+        model = torchvision.models.resnet18(weights=None)
+        model.fc = nn.Identity()                   # the 512 pooled channels are the features
+        net = eidetic.Wrapped(model)
+        net.train_task(0, loader, num_classes=10, epochs=1,
+                       optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9))
+
+    Args:
+        model: the body; ``net.model`` afterwards.
+        single_head: as for :class:`ContinualNetwork`.
+    """
+
+    def __init__(self, model: nn.Module, *, single_head: bool = False) -> None:
+        super().__init__(single_head=single_head)
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
 class _OptimizerTransaction:
     """Builds the task's optimizer; on rollback, puts a user's optimizer back as it was."""
 

@@ -39,17 +39,6 @@ from torchvision.models import (  # noqa: E402
 googlenet = __import__("torchvision.models.googlenet", fromlist=["Inception"])  # the name is also a function
 
 
-class Body(eidetic.ContinualNetwork):
-    """Any torchvision model as the body: its outputs (the classifier's, here) are the features."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-
 class Blocks(nn.Module):
     """A stem convolution, torchvision blocks, global pooling and a Linear read-out."""
 
@@ -161,9 +150,9 @@ OPTIMIZERS = ["shared_adamw", "sgd_nesterov"]
 
 
 def _never_forgets(model: nn.Module, optimizer: str, size: int, tasks: int = 3, samples: int = 16,
-                   lr: float = 0.01) -> Body:
+                   lr: float = 0.01) -> eidetic.Wrapped:
     """Train ``tasks`` small tasks with real pruning; after each, every earlier task is unchanged."""
-    net = Body(model)
+    net = eidetic.Wrapped(model)
     fixed = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(99))
     shared = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05)
     logits, frozen, pruned = [], [], 0
@@ -193,7 +182,7 @@ def test_a_checkpoint_of_a_torchvision_network_loads_into_a_fresh_instance():
     torch.manual_seed(0)
     net = _never_forgets(_mobilenet_v3(), "shared_adamw", size=16, tasks=2)
     torch.manual_seed(1)
-    fresh = Body(_mobilenet_v3())
+    fresh = eidetic.Wrapped(_mobilenet_v3())
     fresh.load_state_dict(net.state_dict())
     x = torch.randn(4, 3, 16, 16)
     net.eval()
@@ -217,7 +206,7 @@ def test_a_checkpoint_of_a_torchvision_network_loads_into_a_fresh_instance():
 )
 def test_transformers_and_layernorm_networks_are_refused_for_the_real_reason(build, message):
     with pytest.raises(eidetic.UnsupportedLayerError, match=message):
-        Body(build()).setup(torch.randn(2, 3, 16, 16))
+        eidetic.Wrapped(build()).setup(torch.randn(2, 3, 16, 16))
 
 
 FULL_SIZE = ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "vgg11_bn", "vgg16_bn", "googlenet",

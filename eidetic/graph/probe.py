@@ -175,6 +175,7 @@ class _Probe:
             )
         self.feature_dim = features.flatten(1).shape[1]
         self.layers = [layer for layer in self.all if layer.name in calls]
+        self.by_name = {layer.name: layer for layer in self.layers}
         first = 0
         for i, layer in enumerate(self.layers):
             if isinstance(layer.output, torch.Tensor) and (layer.output.dim() == 0 or layer.output.shape[0] != 1):
@@ -287,7 +288,7 @@ class _Probe:
         for name, version in self.lent.items():
             if self.clamp[name]._version != version:
                 self.mutated.add(name)
-                self._fill(next(layer for layer in self.layers if layer.name == name))
+                self._fill(self.by_name[name])
         self.lent = {}
 
     def _batch_example(self) -> torch.Tensor:
@@ -363,9 +364,8 @@ class _Probe:
     def _split(self, perturbed: list[_Layer], collided: dict[str, torch.Tensor]) -> list[list[_Layer]]:
         """Layers that may reach one collided input go to different parts (greedy colouring);
         with no such hint, two halves."""
-        by_name = {layer.name: layer for layer in self.layers}
         members = {layer.index for layer in perturbed}
-        cliques = [(self.feature_sources if name == FEATURES else by_name[name].sources) & members
+        cliques = [(self.feature_sources if name == FEATURES else self.by_name[name].sources) & members
                    for name in collided]
         colour: dict[int, int] = {}
         for clique in sorted(cliques, key=len, reverse=True):
@@ -405,7 +405,7 @@ class _Probe:
         self.nodes = start
 
     def _nodes(self, name: str, positions: torch.Tensor) -> torch.Tensor:
-        layer = None if name == FEATURES else next(x for x in self.layers if x.name == name)
+        layer = self.by_name.get(name)
         if layer is not None and layer.role == "out":
             return positions + layer.first
         if int(positions.max()) >= self.in_size[name]:
