@@ -185,10 +185,13 @@ class TaskSession:
         return stats
 
     def _watch_finite(self, x: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor) -> None:
-        """Keep, without waiting for the device, sums that are finite exactly when the step's inputs,
-        outputs and loss are (checked only when the epoch's loss is not)."""
-        inputs = x.sum().to(logits.device, logits.dtype) if x.is_floating_point() else logits.new_zeros(())
-        self._finite.append(torch.stack([inputs, logits.detach().sum(), loss.detach().to(logits.dtype)]))
+        """Keep, without waiting for the device, float32 sums of the step's inputs, outputs and loss:
+        a NaN or infinity in any of them makes its sum non-finite (looked at only when the epoch's
+        loss is not finite)."""
+        inputs = (x.sum(dtype=torch.float32).to(logits.device) if x.is_floating_point()
+                  else logits.new_zeros((), dtype=torch.float32))
+        self._finite.append(torch.stack([inputs, logits.detach().sum(dtype=torch.float32),
+                                         loss.detach().float()]))
 
     def _check_finite(self, loss: float, epoch: int) -> None:
         """Raise if the loss summed since the epoch began is not finite, naming what broke first."""

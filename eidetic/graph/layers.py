@@ -328,11 +328,10 @@ def check_refused(modules: list[tuple[str, nn.Module]]) -> None:
 
 
 def check_supported(name: str, module: nn.Module) -> LayerSpec | None:
-    """Return the spec of a layer, ``None`` for a container, or raise for a refused module."""
+    """Return the spec of a layer, ``None`` for a container, or raise for a module eidetic cannot
+    place (unknown parameters, untracked BatchNorm statistics). Refused types are caught before,
+    for the whole network at once, by :func:`check_refused`."""
     label = f"module '{name}' ({type(module).__name__})"
-    reason = refusal(module)
-    if reason is not None:
-        raise UnsupportedLayerError(f"{label} cannot be used in a ContinualNetwork: {reason}")
     spec = spec_of(module)
     if spec is None:
         if _owns_tensors(module):
