@@ -4,7 +4,6 @@ Subclass :class:`ContinualNetwork`, call :meth:`~ContinualNetwork.train_task` on
 and every earlier task's outputs stay bitwise identical.
 """
 
-from .capacity import Capacity, LayerCapacity
 from .errors import (
     CheckpointError,
     EideticError,
@@ -13,15 +12,16 @@ from .errors import (
     TaskError,
     UnsupportedLayerError,
 )
-from .evaluation import Evaluation, Results, Task, TaskEvaluation, evaluate, run_tasks
+from .evaluation.capacity import Capacity, LayerCapacity
+from .evaluation.report import EpochStats, PruneStep, TaskReport
+from .evaluation.runs import Evaluation, Results, Task, TaskEvaluation, evaluate, run_tasks
 from .graph import LayerSpec, UnitGraph, register_layer
+from .guarantee.ownership import FREE
+from .inference.routing import ConfidenceRouter, FeatureStatsRouter, LearnedRouter, Prediction
 from .network import ContinualNetwork, Wrapped
-from .ownership import FREE
-from .pruning import GracefulPruning, Pruning
-from .report import EpochStats, PruneStep, TaskReport
-from .routing import ConfidenceRouter, FeatureStatsRouter, LearnedRouter, Prediction
-from .scoring import ScoringContext, register_importance
-from .training import Callback
+from .training.pruning import GracefulPruning, Pruning
+from .training.scoring import ScoringContext, register_importance
+from .training.session import Callback
 
 __version__ = "0.1.0"
 

@@ -41,10 +41,10 @@ import torch
 
 from . import __version__, datasets, zoo
 from .errors import EideticError
-from .evaluation import Results, evaluate
+from .evaluation.runs import Results, evaluate
 from .network import ContinualNetwork
-from .pruning import Pruning
-from .training import Callback
+from .training.pruning import Pruning
+from .training.session import Callback
 
 PRUNING_METHODS = ("l1", "l2", "taylor", "random", "activation", "none")
 ROUTERS = ("auto", "learned", "statistics", "confidence", "entropy", "energy", "none")
@@ -404,7 +404,7 @@ def write_outputs(run: Run, argv: Sequence[str]) -> list[Path]:
     paths = [out / "accuracy_matrix.csv"]
     _write_csv(run.results.matrix, paths[0])
     if run.config.plots:
-        from .plots import plot_accuracy_matrix, plot_capacity
+        from .evaluation.plots import plot_accuracy_matrix, plot_capacity
 
         paths.append(plot_accuracy_matrix(run.results, out / "accuracy_matrix.png",
                                           title=f"{run.config.benchmark}, {run.config.model}: "

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from .evaluation import Task
+from .evaluation.runs import Task
 
 BENCHMARKS = ("split-digits", "permuted-digits", "sequential-digits", "split-mnist", "permuted-mnist",
               "sequential-mnist")

@@ -18,22 +18,22 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from . import phases
-from .capacity import Capacity, measure_capacity
-from .data import as_loader, batches, first_inputs
 from .errors import CheckpointError, GraphError, TaskError
+from .evaluation.capacity import Capacity, measure_capacity
+from .evaluation.report import PruneStep, TaskReport
 from .graph import UnitGraph, discover, validate
-from .guard import Guard
-from .heads import TaskHeads
-from .memory import Reservoir
-from .norm import FrozenNorms
-from .ownership import Ownership
-from .pruning import GracefulPruning, Pruning, prune
-from .report import PruneStep, TaskReport
-from .routing import ClassMoments, Prediction, Routers, route
-from .slices import head_columns
-from .snapshot import Snapshot
-from .training import Callback, L1Penalty, Loss, Metric, TaskSession, accuracy
+from .guarantee import phases
+from .guarantee.guard import Guard
+from .guarantee.norm import FrozenNorms
+from .guarantee.ownership import Ownership
+from .guarantee.slices import head_columns
+from .guarantee.snapshot import Snapshot
+from .inference.heads import TaskHeads
+from .inference.memory import Reservoir
+from .inference.routing import ClassMoments, Prediction, Routers, route
+from .training.data import as_loader, batches, first_inputs
+from .training.pruning import GracefulPruning, Pruning, prune
+from .training.session import Callback, L1Penalty, Loss, Metric, TaskSession, accuracy
 
 log = logging.getLogger("eidetic")
 

@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 import eidetic.graph.layers
-import eidetic.scoring
+import eidetic.training.scoring
 
 settings.register_profile(
     "default",
@@ -37,4 +37,4 @@ torch.set_num_threads(1)  # tiny models run fastest on one thread
 def isolated_registries(monkeypatch):
     """Let a test register layers and importance methods without leaking them to other tests."""
     monkeypatch.setattr(eidetic.graph.layers, "_REGISTRY", dict(eidetic.graph.layers._REGISTRY))
-    monkeypatch.setattr(eidetic.scoring, "_IMPORTANCE", dict(eidetic.scoring._IMPORTANCE))
+    monkeypatch.setattr(eidetic.training.scoring, "_IMPORTANCE", dict(eidetic.training.scoring._IMPORTANCE))

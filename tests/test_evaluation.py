@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 import eidetic
-from eidetic.evaluation import Evaluation, TaskEvaluation
+from eidetic.evaluation.runs import Evaluation, TaskEvaluation
 
 from models import MLP
 

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 import eidetic
-from eidetic.ownership import Ownership
-from eidetic.pruning import group_blocks, select
+from eidetic.guarantee.ownership import Ownership
+from eidetic.training.pruning import group_blocks, select
 
 from checks import all_logits, assert_resistance
 from models import MLP

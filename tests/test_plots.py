@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 import eidetic
 from eidetic import zoo
-from eidetic.plots import plot_accuracy_matrix, plot_capacity
+from eidetic.evaluation.plots import plot_accuracy_matrix, plot_capacity
 
 pytest.importorskip("matplotlib")
 

@@ -166,7 +166,7 @@ class LayerSpec:
         (a recurrence); the probe cannot see them, so the layer declares them."""
         return []
 
-    # Scoring (see ``eidetic/scoring.py``).
+    # Scoring (see ``eidetic/training/scoring.py``).
 
     def scored(self, tensor_name: str) -> bool:
         """Whether ``tensor_name`` counts in the magnitude (L1/L2) of a unit."""

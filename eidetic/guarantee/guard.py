@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .graph import Layers, UnitGraph
-from .heads import HeadSlice
+from ..graph import Layers, UnitGraph
+from ..inference.heads import HeadSlice
 from .ownership import Ownership
 from .slices import head_columns, in_mask, out_positions
 

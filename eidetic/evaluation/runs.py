@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .data import as_loader, batches
-from .errors import TaskError
+from ..errors import TaskError
+from ..training.data import as_loader, batches
 from .report import TaskReport
 
 

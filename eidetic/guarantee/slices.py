@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .graph import FEATURES, UnitGraph
+from ..graph import FEATURES, UnitGraph
 
 UnitMasks = dict[str, torch.Tensor]
 

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import TaskError
-from .graph import UnitGraph
-from .ownership import Ownership
-from .report import PruneStep
+from ..errors import TaskError
+from ..evaluation.report import PruneStep
+from ..graph import UnitGraph
+from ..guarantee.ownership import Ownership
+from ..guarantee.snapshot import Snapshot
 from .scoring import importance, methods
-from .snapshot import Snapshot
-from .training import TaskSession
+from .session import TaskSession
 
 log = logging.getLogger("eidetic")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import TaskError
+from ..errors import TaskError
 
 HeadSlice = tuple[str, str, torch.Tensor, int, torch.Tensor]  # module, tensor name, tensor, dim, index
 

@@ -16,7 +16,7 @@ import logging
 import torch
 from torch import nn
 
-from .graph import Layers, UnitGraph
+from ..graph import Layers, UnitGraph
 from .ownership import Ownership
 from .slices import head_columns, in_mask, out_mask, out_positions
 

@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .graph import FEATURES, Layers, UnitGraph, UnitGroup
-from .ownership import FREE, Ownership
-from .slices import out_mask
+from ..graph import FEATURES, Layers, UnitGraph, UnitGroup
+from ..guarantee.ownership import FREE, Ownership
+from ..guarantee.slices import out_mask
 
 
 @dataclass

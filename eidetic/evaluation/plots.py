@@ -6,7 +6,7 @@ involved and any backend works.
 
 Example::
 
-    from eidetic.plots import plot_accuracy_matrix, plot_capacity
+    from eidetic.evaluation.plots import plot_accuracy_matrix, plot_capacity
 
     results = eidetic.run_tasks(net, tasks, optimizer=make_optimizer, epochs=3)
     plot_accuracy_matrix(results, "accuracy_matrix.png")
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .capacity import Capacity
-    from .evaluation import Results
+    from .runs import Results
 
 
 def _figure(width: float, height: float) -> Any:

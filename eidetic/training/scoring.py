@@ -26,8 +26,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from .errors import TaskError
-from .graph import FEATURES, Layers, UnitGraph
+from ..errors import TaskError
+from ..graph import FEATURES, Layers, UnitGraph
 
 
 @dataclass

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from .errors import TaskError
+from ..errors import TaskError
 
 
 def as_loader(data, batch_size: int | None, *, shuffle: bool, name: str) -> DataLoader:

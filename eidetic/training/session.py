@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..errors import NonFiniteLossError, TaskError
+from ..evaluation.report import EpochStats
+from ..guarantee.guard import Guard
+from ..guarantee.slices import out_mask
 from .data import batches
-from .errors import NonFiniteLossError, TaskError
-from .guard import Guard
-from .report import EpochStats
 from .scoring import ScoringContext
-from .slices import out_mask
 
 log = logging.getLogger("eidetic")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .graph import UnitGraph
+from ..graph import UnitGraph
 
 FREE = -1
 OWNER_DTYPE = torch.int16  # up to 32767 tasks at two bytes per unit

@@ -1,0 +1,6 @@
+"""Inference: task heads, routing without task ids, and the exemplar memory.
+
+* ``heads``: one output layer per task, or one shared head (single-head).
+* ``routing``: routers that pick the task of an input from one pass of the body.
+* ``memory``: the exemplars kept to fit the learned router.
+"""
