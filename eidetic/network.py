@@ -11,6 +11,7 @@ import contextlib
 import copy
 import logging
 import time
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -23,11 +24,13 @@ from .evaluation.capacity import Capacity, measure_capacity
 from .evaluation.report import PruneStep, TaskReport
 from .graph import UnitGraph, discover, validate
 from .guarantee import phases
+from .guarantee.eras import Era, Eras, paused
 from .guarantee.guard import Guard
 from .guarantee.norm import FrozenNorms
 from .guarantee.ownership import Ownership
-from .guarantee.slices import head_columns
+from .guarantee.slices import head_columns, out_mask
 from .guarantee.snapshot import Snapshot
+from .guarantee.widening import SavedModule, check_request, resize_body, touched
 from .inference.heads import TaskHeads
 from .inference.memory import Reservoir
 from .inference.routing import ClassMoments, Prediction, Routers, route
@@ -54,6 +57,9 @@ class _State:
         self.frozen_tasks = 0
         self.norms: FrozenNorms | None = None
         self.routers = Routers()
+        self.eras = Eras()
+        self.undo: list[_Widening] | None = None  # widenings inside the open transaction
+        self.replaced: dict[int, weakref.ref] = {}  # parameters that widen() replaced
 
 
 class ContinualNetwork(nn.Module):
@@ -128,7 +134,8 @@ class ContinualNetwork(nn.Module):
         if state.graph is not None:
             raise GraphError("the network is already set up; its graph is fixed")
         example = example.detach()[:2].to(self._device())
-        graph = discover(self, self.forward, example, exclude=[self.heads])
+        with paused():
+            graph = discover(self, self.forward, example, exclude=[self.heads])
         state.graph = graph
         modules = dict(self.named_modules())
         state.layers = {name: (modules[name], spec) for name, spec in graph.layers.items()}
@@ -149,7 +156,8 @@ class ContinualNetwork(nn.Module):
         """
         graph = self._require_graph()
         example = self._example() if example is None else example.detach()[:2].to(self._device())
-        problems = validate(self, self.forward, example, graph, exclude=[self.heads])
+        with paused():
+            problems = validate(self, self.forward, example, graph, exclude=[self.heads])
         if problems:
             raise GraphError("the unit table disagrees with the network:\n" + "\n".join(problems))
 
@@ -446,6 +454,99 @@ class ContinualNetwork(nn.Module):
         state = self._eidetic
         return phases.recycle(state.layers, state.graph, state.ownership)
 
+    # ------------------------------------------------------------------ widening
+
+    def widen(self, units: dict[str, int]) -> dict[str, int]:
+        """Add free units to unit groups, between tasks; returns the new size of every group.
+
+        ``units`` maps group keys (``net.graph.keys()``, the first layer producing the group, as
+        :meth:`capacity` and ``graph.describe()`` show them) to how many units to add. Every layer
+        producing the group grows (weight rows, biases, BatchNorm affine and fresh statistics, all
+        producers of a residual stream), every layer reading it gets input columns, zero in the
+        rows of frozen units. Every finished task's outputs stay bitwise identical; the free
+        units, new and old, are re-initialised for the next task. Parameters are replaced by
+        bigger ones: pass ``train_task`` an optimizer factory (an optimizer instance holding the
+        old parameters is refused). Recurrent layers cannot be widened yet.
+
+        Example::
+
+            net.widen({"fc1": 16, "conv2": 8})     # {"conv1": 32, "conv2": 72, "fc1": 144}
+        """
+        if self.open_task is not None:
+            raise TaskError(f"task {self.open_task} is still open: freeze({self.open_task}) and recycle() "
+                            "before widening")
+        return self._widen(units, recycle=True)
+
+    def _widen(self, units: dict[str, int], *, recycle: bool = False) -> dict[str, int]:
+        """Widen (see :meth:`widen`), also inside a task: there the widening joins the task's
+        transaction, so a failing task undoes it. With ``recycle=False`` only the new units are
+        initialised, and nothing the open task computes changes (the new units' outputs reach
+        the old rows through zero columns)."""
+        state = self._eidetic
+        graph = self._require_graph()
+        added = check_request(graph, units)
+        if added:
+            undo = _Widening(self)
+            before = self._finished_outputs()
+            try:
+                self._resize(added)
+                if recycle:
+                    phases.recycle(state.layers, state.graph, state.ownership)
+                self._make_guard()
+                after = self._finished_outputs()
+                moved = [k for k, (a, b) in enumerate(zip(before, after)) if not torch.equal(a, b)]
+                if moved:
+                    raise GraphError(f"widening {added} would change the outputs of task(s) {moved}; nothing was "
+                                     "changed. Please report this network to the eidetic developers.")
+            except BaseException:
+                undo.restore()
+                raise
+            for saved in undo.modules:
+                for param in saved.parameters.values():
+                    if param is not None:
+                        state.replaced[id(param)] = weakref.ref(param)
+            if state.undo is not None:
+                state.undo.append(undo)
+        return {g.key: g.size for g in state.graph}
+
+    def _resize(self, added: dict[str, int]) -> None:
+        state = self._eidetic
+        graph, layers = state.graph, state.layers
+        names = [n for n in touched(graph, added) if layers[n][1].in_tensor is not None]
+        frozen = state.ownership.masks("frozen")
+        eras = {n: out_mask(graph, n, frozen, layers[n][1].unit_count(layers[n][0])) for n in names}
+        with paused():
+            resized = resize_body(layers, graph, state.ownership, added,
+                                  lambda: discover(self, self.forward, self._example(), exclude=[self.heads]))
+        for name in names:
+            covered = state.eras.covered(name)
+            if covered is not None:
+                eras[name][covered] = False
+            for era in state.eras.records.get(name, []):
+                era.follow(resized.out_maps[name], resized.in_maps[name])
+            if eras[name].any():
+                _, spec = layers[name]
+                sizes = {a: resized.saved[name].attributes[a] for a, _ in spec.size_attributes or ()}
+                state.eras.add(name, Era(sizes, resized.out_maps[name], resized.in_maps[name],
+                                         eras[name].nonzero().flatten()))
+        state.graph, state.layers, state.ownership = resized.graph, resized.layers, resized.ownership
+        self.heads.widen(resized.features, resized.graph.feature_dim, state.frozen_tasks)
+        state.routers.widen(resized.features, resized.graph.feature_dim)
+        phases.reinitialize(state.layers, state.graph, resized.new_units)
+
+    def _finished_outputs(self) -> list[torch.Tensor]:
+        """Every finished task's logits on the synthetic example, in evaluation mode."""
+        if not self._eidetic.frozen_tasks:
+            return []
+        training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                features = self(self._example()).flatten(1)
+                return [self.heads.output(features, k) for k in range(self._eidetic.frozen_tasks)]
+        finally:
+            self.train(training)
+
     # ------------------------------------------------------------------ diagnostics
 
     def capacity(self) -> Capacity:
@@ -457,7 +558,7 @@ class ContinualNetwork(nn.Module):
             print(net.capacity())
         """
         state = self._eidetic
-        heads = [self.heads.head(k) for k in range(state.frozen_tasks)]
+        heads = [self.heads.reads(k, state.graph.feature_dim) for k in range(state.frozen_tasks)]
         return measure_capacity(state.layers, self._require_graph(), state.ownership, heads)
 
     # ------------------------------------------------------------------ persistence
@@ -477,6 +578,8 @@ class ContinualNetwork(nn.Module):
             "owners": {k: v.clone() for k, v in state.ownership.owner.items()},
             "pruned": {k: v.clone() for k, v in state.ownership.pruned.items()},
             "routers": state.routers.state(),
+            "eras": state.eras.state(),
+            "head_inputs": self.heads.input_state(),
         }
 
     def set_extra_state(self, extra: dict) -> None:
@@ -494,6 +597,10 @@ class ContinualNetwork(nn.Module):
         if created:
             self.setup(_synthetic_example(shape, dtype, self._device()))
         sizes = {g.key: g.size for g in state.graph}
+        wider = {k: extra["groups"][k] - n for k, n in sizes.items()} if sizes.keys() == extra["groups"].keys() else {}
+        if shape == state.input_shape and wider and min(wider.values()) >= 0 and max(wider.values()) > 0:
+            self._widen(wider)  # the checkpoint was saved after widen(): grow to its width first
+            sizes = {g.key: g.size for g in state.graph}
         if shape != state.input_shape or sizes != extra["groups"]:
             if created:
                 self._forget_graph()
@@ -505,8 +612,13 @@ class ContinualNetwork(nn.Module):
                                   f"has single_head={self.heads.shared}")
         while self.heads.num_tasks:
             self.heads.drop_last()
-        for num_classes in extra["num_classes"]:
-            self.heads.add(state.graph.feature_dim, num_classes, like=self._reference_tensor())
+        inputs = extra.get("head_inputs", {})
+        for task, num_classes in enumerate(extra["num_classes"]):
+            width = self.heads.width(task, state.graph.feature_dim, inputs)
+            self.heads.add(width, num_classes, like=self._reference_tensor())
+        for task, positions in inputs.items():
+            self.heads.register_buffer(f"inputs_{task}", positions.to(self._device()), persistent=False)
+        state.eras.load(extra.get("eras", {}))
         state.frozen_tasks = extra["frozen_tasks"]
         for t in range(state.frozen_tasks):  # masks are placeholders until the state dict fills them
             self.heads.freeze(t, torch.zeros(state.graph.feature_dim))
@@ -566,6 +678,7 @@ class ContinualNetwork(nn.Module):
         guard = Guard(state.layers, state.graph, state.ownership,
                       self.heads.frozen_slices(state.frozen_tasks, features), head)
         state.norms.attach(guard)
+        state.eras.attach(state.layers)
         return guard
 
     def _session(self, task, head, train_loader, val_loader, optimizer, loss_fn, metric, clip_grad_norm,
@@ -598,12 +711,15 @@ class ContinualNetwork(nn.Module):
             raise
         heads, frozen, training = self.num_tasks, state.frozen_tasks, self.training
         routers = state.routers.checkpoint()
-        tx = _OptimizerTransaction(optimizer)
+        tx = _OptimizerTransaction(optimizer, state.replaced)
+        state.undo = []
         try:
             yield tx
             self.train(training)
         except BaseException:
             self.train(training)
+            for widening in reversed(state.undo):
+                widening.restore()
             while self.num_tasks > heads:
                 self.heads.drop_last()
             state.frozen_tasks = frozen
@@ -615,11 +731,14 @@ class ContinualNetwork(nn.Module):
             else:
                 self._make_guard()
             raise
+        finally:
+            state.undo = None
 
     def _forget_graph(self) -> None:
         state = self._eidetic
         if state.norms is not None:
             state.norms.remove()
+        state.eras.remove(state.layers)
         self._eidetic = _State()
 
 
@@ -650,11 +769,34 @@ class Wrapped(ContinualNetwork):
         return self.model(x)
 
 
+class _Widening:
+    """What a widening changes, to put back if it (or the task around it) fails."""
+
+    def __init__(self, net: ContinualNetwork) -> None:
+        state = net._eidetic
+        self.net = net
+        self.graph, self.layers, self.ownership = state.graph, state.layers, state.ownership
+        self.eras = state.eras.copy()
+        self.routers = state.routers.state()
+        heads = [net.heads, *net.heads]
+        self.modules = [SavedModule.of(m) for m, _ in state.layers.values()] + [SavedModule.of(h) for h in heads]
+
+    def restore(self) -> None:
+        state = self.net._eidetic
+        for saved in self.modules:
+            saved.restore()
+        state.graph, state.layers, state.ownership = self.graph, self.layers, self.ownership
+        state.eras.records = self.eras
+        state.routers.load(self.routers)
+        self.net._make_guard()
+
+
 class _OptimizerTransaction:
     """Builds the task's optimizer; on rollback, puts a user's optimizer back as it was."""
 
-    def __init__(self, optimizer) -> None:
+    def __init__(self, optimizer, replaced: dict[int, weakref.ref]) -> None:
         self.source = optimizer
+        self.replaced = replaced
         self.added: list[dict] = []
         self.instance: torch.optim.Optimizer | None = None
         self.saved: dict | None = None
@@ -668,8 +810,14 @@ class _OptimizerTransaction:
             if not isinstance(opt, torch.optim.Optimizer):
                 raise TaskError(f"the optimizer factory returned {type(opt).__name__}, not a "
                                 "torch.optim.Optimizer")
-        self.saved = copy.deepcopy(opt.state_dict())
         held = {id(p) for group in opt.param_groups for p in group["params"]}
+        stale = [p for group in opt.param_groups for p in group["params"]
+                 if (old := self.replaced.get(id(p))) is not None and old() is p]
+        if stale:
+            raise TaskError("the optimizer holds parameters that widen() replaced by bigger ones, so it would "
+                            "not train the network's parameters. Pass a factory instead, e.g. optimizer=lambda "
+                            "params: torch.optim.AdamW(params, lr=1e-3), and eidetic builds it for the new ones.")
+        self.saved = copy.deepcopy(opt.state_dict())
         missing = [p for p in params if id(p) not in held]
         if missing:
             opt.add_param_group({"params": missing})

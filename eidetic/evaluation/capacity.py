@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
 
 from ..graph import FEATURES, Layers, UnitGraph, UnitGroup
 from ..guarantee.ownership import FREE, Ownership
@@ -68,8 +67,9 @@ class Capacity:
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def measure_capacity(layers: Layers, graph: UnitGraph, ownership: Ownership, heads: list[nn.Linear]) -> Capacity:
-    """The :class:`Capacity` of a network whose finished tasks have the given ``heads``.
+def measure_capacity(layers: Layers, graph: UnitGraph, ownership: Ownership, heads: list[torch.Tensor]) -> Capacity:
+    """The :class:`Capacity` of a network whose finished tasks' heads read the given feature
+    positions (``heads[k]``: a mask over the features, see :meth:`TaskHeads.reads`).
 
     A stacked or bidirectional recurrent module gets one row per layer and direction, named
     ``module.l{k}[_reverse]`` (see :meth:`UnitGroup.blocks`).
@@ -94,14 +94,14 @@ def _block_capacity(name: str, group: UnitGroup, owner: torch.Tensor, reads: lis
                          dict(zip(tasks.tolist(), counts.tolist())), reused)
 
 
-def _units_read_by(layers: Layers, graph: UnitGraph, ownership: Ownership, heads: list[nn.Linear],
+def _units_read_by(layers: Layers, graph: UnitGraph, ownership: Ownership, heads: list[torch.Tensor],
                    group: UnitGroup, task: int) -> torch.Tensor:
     """Units of ``group`` read through a non-zero weight by ``task``'s own rows or head."""
     owned = {k: v == task for k, v in ownership.owner.items()}
     read = torch.zeros(group.size, dtype=torch.bool)
     for slot in group.ins:
         if slot.module == FEATURES:
-            nonzero = (heads[task].weight != 0).any(dim=0).cpu()
+            nonzero = heads[task]
             read[slot.units[nonzero[slot.index]]] = True
             continue
         module, spec = layers[slot.module]

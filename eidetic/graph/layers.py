@@ -41,8 +41,10 @@ __all__ = [
     "broadcast_rows_cols",
     "check_refused",
     "check_supported",
+    "grown",
     "input_positions",
     "register_layer",
+    "replace_grown",
     "spec_of",
 ]
 
@@ -66,6 +68,10 @@ class LayerSpec:
             depthwise convolution): the layer joins the units of its input instead of making
             new ones.
         score_tensors: tensors whose magnitude ranks units for L1/L2 pruning.
+        size_attributes: ``(attribute, "out" | "in")`` pairs: the module attributes that hold
+            its number of units or input positions (``out_features``, ``in_channels``...),
+            updated when the network is widened; ``None`` (the default for a registered layer)
+            means the layer cannot be widened, ``()`` that it has no such attribute.
     """
 
     out_tensors: tuple[tuple[str, int], ...]
@@ -76,6 +82,7 @@ class LayerSpec:
     in_unit_dim: int = 1
     passthrough: bool = False
     score_tensors: tuple[str, ...] = ("weight",)
+    size_attributes: tuple[tuple[str, str], ...] | None = None
 
     def out_dim_of(self, name: str) -> int:
         """The unit dimension of tensor ``name`` among ``out_tensors``."""
@@ -166,6 +173,34 @@ class LayerSpec:
         (a recurrence); the probe cannot see them, so the layer declares them."""
         return []
 
+    # Widening (see ``eidetic/guarantee/widening.py``).
+
+    def widened_positions(self, module: nn.Module, added: int) -> torch.Tensor:
+        """Where the existing units sit once ``added`` units are appended: new units take the
+        positions not listed. By default they go after the existing ones."""
+        return torch.arange(self.unit_count(module))
+
+    def resize(self, module: nn.Module, out_map: torch.Tensor, units: int, in_map: torch.Tensor | None,
+               inputs: int) -> None:
+        """Replace the layer's tensors by ones with ``units`` units and ``inputs`` input
+        positions: existing unit ``i`` moves to position ``out_map[i]``, existing input position
+        ``j`` to ``in_map[j]`` (``None``: it stays at ``j``); new entries are zero."""
+        if self.size_attributes is None:
+            raise UnsupportedLayerError(
+                f"{type(module).__name__} cannot be widened: its LayerSpec does not say which attributes hold "
+                "its sizes. Register it with LayerSpec(size_attributes=(('out_features', 'out'), ...)) "
+                "(size_attributes=() if it has none)."
+            )
+        if in_map is None:
+            in_map = torch.arange(self.input_size(module))
+        for name in self.tensor_names():
+            maps = [(dim, out_map, units) for n, dim in self.out_tensors if n == name]
+            if name == self.in_tensor:
+                maps.append((self.in_dim, in_map, inputs // self.groups))
+            replace_grown(module, name, maps)
+        for attribute, role in self.size_attributes:
+            setattr(module, attribute, units if role == "out" else inputs)
+
     # Scoring (see ``eidetic/training/scoring.py``).
 
     def scored(self, tensor_name: str) -> bool:
@@ -179,6 +214,27 @@ class LayerSpec:
 
 
 ProducerSlice = tuple[str, int, torch.Tensor, torch.Tensor]
+
+
+def grown(tensor: torch.Tensor, maps: list[tuple[int, torch.Tensor, int]]) -> torch.Tensor:
+    """A zero tensor with ``size`` entries along each ``dim`` of ``maps``, holding ``tensor``'s
+    entry ``i`` of that dim at ``index[i]``."""
+    out = tensor.detach()
+    for dim, index, size in maps:
+        shape = list(out.shape)
+        shape[dim] = size
+        out = out.new_zeros(shape).index_copy_(dim, index.to(out.device), out)
+    return out
+
+
+def replace_grown(module: nn.Module, name: str, maps: list[tuple[int, torch.Tensor, int]]) -> None:
+    """Put a grown copy of ``module.name`` in its place (a new Parameter for a parameter)."""
+    old = getattr(module, name)
+    new = grown(old, maps)
+    if isinstance(old, nn.Parameter):
+        setattr(module, name, nn.Parameter(new, requires_grad=old.requires_grad))
+    else:
+        module._buffers[name] = new
 
 
 def _first_tensor(value) -> torch.Tensor:
@@ -215,25 +271,28 @@ def register_layer(layer_type: type[nn.Module], spec: SpecFn | LayerSpec) -> Non
 
 def _linear(m: nn.Linear) -> LayerSpec:
     outs = (("weight", 0),) + ((("bias", 0),) if m.bias is not None else ())
-    return LayerSpec(outs, in_tensor="weight", in_dim=1, out_unit_dim=-1, in_unit_dim=-1)
+    return LayerSpec(outs, in_tensor="weight", in_dim=1, out_unit_dim=-1, in_unit_dim=-1,
+                     size_attributes=(("out_features", "out"), ("in_features", "in")))
 
 
 def _conv(m: nn.modules.conv._ConvNd) -> LayerSpec:
     outs = (("weight", 0),) + ((("bias", 0),) if m.bias is not None else ())
     depthwise = m.groups == m.in_channels == m.out_channels
     if depthwise:
-        return LayerSpec(outs, passthrough=True)
-    return LayerSpec(outs, in_tensor="weight", in_dim=1, groups=m.groups)
+        return LayerSpec(outs, passthrough=True,
+                         size_attributes=(("out_channels", "out"), ("in_channels", "out"), ("groups", "out")))
+    sizes = (("out_channels", "out"), ("in_channels", "in")) if m.groups == 1 else None
+    return LayerSpec(outs, in_tensor="weight", in_dim=1, groups=m.groups, size_attributes=sizes)
 
 
 def _batchnorm(m: nn.modules.batchnorm._BatchNorm) -> LayerSpec:
     affine = (("weight", 0), ("bias", 0)) if m.affine else ()
     stats = (("running_mean", 0), ("running_var", 0))
-    return LayerSpec(affine + stats, passthrough=True, score_tensors=())
+    return LayerSpec(affine + stats, passthrough=True, score_tensors=(), size_attributes=(("num_features", "out"),))
 
 
 def _embedding(m: nn.Embedding) -> LayerSpec:
-    return LayerSpec((("weight", 1),), out_unit_dim=-1)
+    return LayerSpec((("weight", 1),), out_unit_dim=-1, size_attributes=(("embedding_dim", "out"),))
 
 
 for _t, _fn in [

@@ -58,11 +58,11 @@ def _fresh(module: nn.Module) -> nn.Module | None:
 
 
 @torch.no_grad()
-def recycle(layers: Layers, graph: UnitGraph, ownership: Ownership) -> int:
-    """Re-initialise every free unit and clear the pruning marks; return the units recycled."""
-    free = ownership.masks("free")
+def reinitialize(layers: Layers, graph: UnitGraph, masks: dict[str, torch.Tensor]) -> None:
+    """Give the units selected by ``masks`` their layer's own fresh initialisation (every
+    producer slice: weight rows, biases, BatchNorm affine and statistics)."""
     for name, (module, spec) in layers.items():
-        index = out_positions(graph, name, free)
+        index = out_positions(graph, name, masks)
         if index.numel() == 0:
             continue
         fresh = _fresh(module)
@@ -73,5 +73,11 @@ def recycle(layers: Layers, graph: UnitGraph, ownership: Ownership) -> int:
             target, source = getattr(module, tensor_name), getattr(fresh, tensor_name)
             idx = idx.to(target.device)
             target.data.index_copy_(dim, idx, source.index_select(dim, idx))
+
+
+def recycle(layers: Layers, graph: UnitGraph, ownership: Ownership) -> int:
+    """Re-initialise every free unit and clear the pruning marks; return the units recycled."""
+    free = ownership.masks("free")
+    reinitialize(layers, graph, free)
     ownership.release_pruned()
     return sum(int(m.sum()) for m in free.values())

@@ -8,14 +8,20 @@
   units are trained with that task and frozen after it, and the bias is frozen after the first
   task, so every finished task's output stays fixed while later tasks train their own columns.
   All tasks must have the same number of classes.
+
+After :meth:`~eidetic.ContinualNetwork.widen` adds features, a finished task's head keeps the
+width it was trained at and reads its old features by position (``inputs_k``): the same
+product on the same shapes, hence the same bits (see ``eidetic/guarantee/eras.py``).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TaskError
+from ..graph.layers import grown, replace_grown
 
 HeadSlice = tuple[str, str, torch.Tensor, int, torch.Tensor]  # module, tensor name, tensor, dim, index
 
@@ -42,7 +48,9 @@ class TaskHeads(nn.ModuleList):
         return self[0] if self.shared else self[task]
 
     def add(self, feature_dim: int, num_classes: int, like: torch.Tensor) -> nn.Linear:
-        """Add a task's output, on the device and dtype of ``like``; return the layer to train."""
+        """Add a task's output, on the device and dtype of ``like``; return the layer to train.
+        ``feature_dim`` is the width of the task's head (for the first head of a single-head
+        network, of the shared head)."""
         if self.shared and self.classes:
             if num_classes != self.classes[0]:
                 raise TaskError(f"a single-head network has {self.classes[0]} classes for every task; got "
@@ -54,10 +62,59 @@ class TaskHeads(nn.ModuleList):
 
     def output(self, features: torch.Tensor, task: int) -> torch.Tensor:
         """Task ``task``'s logits from the body's flattened features."""
+        inputs = getattr(self, f"inputs_{task}", None)
+        if inputs is not None:  # a finished task from before a widening: its own width
+            features = features.index_select(1, inputs)
         if not self.shared:
             return self[task](features)
         mask = getattr(self, f"mask_{task}", None)
-        return self[0](features if mask is None else features * mask)
+        if mask is not None:
+            features = features * (mask if inputs is None else mask.index_select(0, inputs))
+        if inputs is None:
+            return self[0](features)
+        return F.linear(features, self[0].weight.index_select(1, inputs), self[0].bias)
+
+    def widen(self, positions: torch.Tensor, size: int, frozen_tasks: int) -> None:
+        """The features grew to ``size``; old feature ``i`` is now at ``positions[i]``. Finished
+        tasks read their old positions; the open head and the shared head get zero columns."""
+        positions = positions.to(self[0].weight.device) if len(self) else positions
+        for task in range(frozen_tasks):
+            inputs = getattr(self, f"inputs_{task}", None)
+            width = self.head(task).in_features if inputs is None else len(inputs)
+            old = torch.arange(width, device=positions.device) if inputs is None else inputs
+            self.register_buffer(f"inputs_{task}", positions[old], persistent=False)
+        for task in range(frozen_tasks, self.num_tasks):  # the open task
+            if not self.shared:
+                self._grow(self[task], positions, size)
+        if self.shared and len(self):
+            self._grow(self[0], positions, size)
+            for task in range(frozen_tasks):
+                mask = getattr(self, f"mask_{task}")
+                self.register_buffer(f"mask_{task}", grown(mask, [(0, positions, size)]))
+
+    @staticmethod
+    def _grow(head: nn.Linear, positions: torch.Tensor, size: int) -> None:
+        replace_grown(head, "weight", [(1, positions, size)])
+        head.in_features = size
+
+    def reads(self, task: int, feature_dim: int) -> torch.Tensor:
+        """Which feature positions task ``task``'s head reads through a non-zero weight."""
+        nonzero = (self.head(task).weight != 0).any(dim=0).cpu()
+        inputs = getattr(self, f"inputs_{task}", None)
+        if inputs is None:
+            return nonzero
+        read = torch.zeros(feature_dim, dtype=torch.bool)
+        read[inputs.cpu()] = nonzero if not self.shared else nonzero[inputs.cpu()]
+        return read
+
+    def input_state(self) -> dict[int, torch.Tensor]:
+        """``{task: feature positions}`` of the tasks that read features by position."""
+        return {k: getattr(self, f"inputs_{k}").cpu() for k in range(self.num_tasks)
+                if getattr(self, f"inputs_{k}", None) is not None}
+
+    def width(self, task: int, feature_dim: int, inputs: dict[int, torch.Tensor]) -> int:
+        """The width of task ``task``'s own head, given the checkpoint's ``inputs``."""
+        return feature_dim if self.shared or task not in inputs else len(inputs[task])
 
     def freeze(self, task: int, features: torch.Tensor) -> None:
         """End task ``task``: ``features`` marks the feature units it may read (owned by tasks up
@@ -73,6 +130,7 @@ class TaskHeads(nn.ModuleList):
         task = len(self.classes) - 1
         self.classes.pop()
         self._buffers.pop(f"mask_{task}", None)
+        self._buffers.pop(f"inputs_{task}", None)
         if not self.shared or not self.classes:
             del self[len(self) - 1]
 

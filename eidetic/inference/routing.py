@@ -171,6 +171,13 @@ class FeatureStatsRouter:
     def from_state(cls, state: list[dict[str, torch.Tensor]]) -> FeatureStatsRouter:
         return cls([_TaskStats(s["mask"], s["means"], s["variance"]) for s in state])
 
+    def widen(self, positions: torch.Tensor, size: int) -> None:
+        """The features grew to ``size``, old feature ``i`` now at ``positions[i]`` (the new
+        features are no task's: masked out)."""
+        self.tasks = [_TaskStats(_spread(s.mask, positions, size, False), _spread(s.means, positions, size, 0.0),
+                                 _spread(s.variance, positions, size, 1.0)) for s in self.tasks]
+        self._cache = None
+
     def apply(self, fn) -> None:
         """Apply a tensor conversion (``nn.Module._apply``'s ``fn``) to the statistics."""
         self.tasks = [_TaskStats(fn(s.mask), fn(s.means), fn(s.variance)) for s in self.tasks]
@@ -236,6 +243,11 @@ class LearnedRouter:
         names = ("weight", "bias", "mean", "scale", "mask")
         for name in names:
             setattr(self, name, None if state is None else state[name])
+
+    def widen(self, positions: torch.Tensor, size: int) -> None:
+        """The features grew (see :meth:`FeatureStatsRouter.widen`); the fit is unchanged."""
+        if self.mask is not None:
+            self.mask = _spread(self.mask, positions, size, False)
 
     def apply(self, fn) -> None:
         """Apply a tensor conversion (``nn.Module._apply``'s ``fn``) to the fitted weights."""
@@ -329,6 +341,17 @@ class Routers:
         self.stats = FeatureStatsRouter.from_state(state["stats"])
         self.learned.load(state["learned"])
 
+    def widen(self, positions: torch.Tensor, size: int) -> None:
+        self.stats.widen(positions, size)
+        self.learned.widen(positions, size)
+
     def apply(self, fn) -> None:
         self.stats.apply(fn)
         self.learned.apply(fn)
+
+
+def _spread(tensor: torch.Tensor, positions: torch.Tensor, size: int, fill) -> torch.Tensor:
+    """``tensor`` along its last dim at ``positions`` of ``size`` entries, ``fill`` elsewhere."""
+    out = tensor.new_full((*tensor.shape[:-1], size), fill)
+    out[..., positions.to(tensor.device)] = tensor
+    return out

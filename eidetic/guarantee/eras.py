@@ -1,0 +1,175 @@
+"""Old outputs of widened layers, computed at the width they were computed at.
+
+A matrix product's rounding depends on its shape: the kernels of ``F.linear`` and ``F.conv2d``
+block and vectorise the sum differently for another number of inputs or outputs, so a frozen
+unit whose row gains zero columns, or whose layer gains rows, can change in its last bit (on a
+CPU with MKL, about half the shapes we tried did). Zero entries alone cannot keep the guarantee
+across :meth:`~eidetic.ContinualNetwork.widen`.
+
+So when a layer that reads units (a Linear layer, a convolution) is widened while it has frozen
+units, it records an **era**: its shape before the call, where that shape's units and inputs now
+sit, and which of those units were frozen. A forward hook then computes, for every era, the
+layer at the era's shape on the era's inputs, and writes the frozen units' outputs from it: the
+same operation on the same shapes and the same values as when those units were frozen, hence
+the same bits. Frozen rows never change, so the era's weights are cached copies of them, made
+when the era is created and again after a load or a move to another device. The copy into the
+output is recorded by autograd, so gradients are those of what the forward computes.
+
+Layers that compute each unit on its own (BatchNorm, depthwise convolutions, embeddings) do not
+need eras: their per-unit results do not depend on the number of units.
+
+The cost: one extra, smaller evaluation of a widened layer per era, in every forward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..graph import LayerSpec
+
+_ATTR = "_eidetic_eras"
+
+
+@dataclass
+class Era:
+    """One earlier shape of a layer.
+
+    Attributes:
+        sizes: the layer's size attributes then (``in_features``, ``out_channels``...).
+        rows: for each unit position then, its position now.
+        inputs: for each input position then, its position now.
+        frozen: unit positions (then) whose outputs this era provides.
+    """
+
+    sizes: dict[str, int]
+    rows: torch.Tensor
+    inputs: torch.Tensor
+    frozen: torch.Tensor
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def follow(self, out_map: torch.Tensor, in_map: torch.Tensor) -> None:
+        """The layer was widened again: move the positions along."""
+        self.rows, self.inputs = out_map[self.rows], in_map[self.inputs]
+
+    def cache(self, module: nn.Module, spec: LayerSpec) -> None:
+        """Copy the era's slices of the layer's tensors (their frozen rows never change)."""
+        self.tensors = {}
+        for name in spec.tensor_names():
+            tensor = getattr(module, name).detach()
+            for tensor_name, dim in spec.out_tensors:
+                if tensor_name == name:
+                    tensor = tensor.index_select(dim, self.rows.to(tensor.device))
+            if name == spec.in_tensor:
+                tensor = tensor.index_select(spec.in_dim, self.inputs.to(tensor.device))
+            self.tensors[name] = tensor.contiguous()
+
+    def output(self, module: nn.Module, spec: LayerSpec, x: torch.Tensor) -> torch.Tensor:
+        """The layer at the era's shape on the era's inputs of ``x``."""
+        x = x.index_select(spec.in_unit_dim % x.dim(), self.inputs.to(x.device))
+        with _substituted(module, self.tensors, self.sizes):
+            return type(module).forward(module, x)
+
+    def state(self) -> dict:
+        return {"sizes": dict(self.sizes), "rows": self.rows, "inputs": self.inputs, "frozen": self.frozen}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Era:
+        return cls(dict(state["sizes"]), state["rows"], state["inputs"], state["frozen"])
+
+
+@contextlib.contextmanager
+def _substituted(module: nn.Module, tensors: dict[str, torch.Tensor], sizes: dict[str, int]):
+    saved = {name: (module._parameters if name in module._parameters else module._buffers, getattr(module, name))
+             for name in tensors}
+    saved_sizes = {name: getattr(module, name) for name in sizes}
+    try:
+        for name, tensor in tensors.items():
+            saved[name][0][name] = tensor
+        for name, value in sizes.items():
+            setattr(module, name, value)
+        yield
+    finally:
+        for name, (store, tensor) in saved.items():
+            store[name] = tensor
+        for name, value in saved_sizes.items():
+            setattr(module, name, value)
+
+
+def _era_hook(module: nn.Module, args, output):
+    eras = module.__dict__.get(_ATTR)
+    if not eras or _paused:
+        return None
+    spec, records = eras
+    dim = spec.out_unit_dim % output.dim()
+    for era in records:
+        old = era.output(module, spec, args[0])
+        frozen = era.frozen.to(output.device)
+        output = output.index_copy(dim, era.rows.to(output.device)[frozen], old.index_select(dim, frozen))
+    return output
+
+
+_paused = False
+
+
+@contextlib.contextmanager
+def paused():
+    """Switch the era hooks off (the probe measures the layers as they are)."""
+    global _paused
+    previous, _paused = _paused, True
+    try:
+        yield
+    finally:
+        _paused = previous
+
+
+class Eras:
+    """The eras of every widened layer of a network, and their forward hooks."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, list[Era]] = {}
+        self._handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
+
+    def add(self, name: str, era: Era) -> None:
+        self.records.setdefault(name, []).append(era)
+
+    def covered(self, name: str) -> torch.Tensor | None:
+        """Unit positions (now) of layer ``name`` whose outputs come from an era."""
+        records = self.records.get(name)
+        if not records:
+            return None
+        return torch.cat([era.rows[era.frozen] for era in records])
+
+    def attach(self, layers: dict[str, tuple[nn.Module, LayerSpec]]) -> None:
+        """Cache every era's tensors and (re)install the hooks on ``layers``."""
+        for name in list(self._handles):
+            if name not in self.records:
+                self._handles.pop(name).remove()
+        for name, records in self.records.items():
+            module, spec = layers[name]
+            for era in records:
+                era.cache(module, spec)
+            module.__dict__[_ATTR] = (spec, records)
+            if name not in self._handles:
+                self._handles[name] = module.register_forward_hook(_era_hook)
+
+    def remove(self, layers: dict[str, tuple[nn.Module, LayerSpec]]) -> None:
+        """Remove every hook and its state."""
+        for handle in self._handles.values():
+            handle.remove()
+        self._handles = {}
+        for module, _ in layers.values():
+            module.__dict__.pop(_ATTR, None)
+
+    def copy(self) -> dict[str, list[Era]]:
+        return {name: [Era(dict(e.sizes), e.rows, e.inputs, e.frozen) for e in records]
+                for name, records in self.records.items()}
+
+    def state(self) -> dict[str, list[dict]]:
+        return {name: [era.state() for era in records] for name, records in self.records.items()}
+
+    def load(self, state: dict[str, list[dict]]) -> None:
+        self.records = {name: [Era.from_state(s) for s in records] for name, records in state.items()}
