@@ -26,9 +26,10 @@ from .graph import UnitGraph, discover, validate
 from .guarantee import phases
 from .guarantee.eras import Era, Eras, paused
 from .guarantee.guard import Guard
+from .guarantee.masks import Mask, TaskMasks
 from .guarantee.norm import FrozenNorms
 from .guarantee.ownership import Ownership
-from .guarantee.slices import head_columns, out_mask
+from .guarantee.slices import head_columns, out_mask, row_owners
 from .guarantee.snapshot import Snapshot
 from .guarantee.widening import SavedModule, check_request, resize_body, touched
 from .inference.heads import TaskHeads
@@ -58,6 +59,8 @@ class _State:
         self.norms: FrozenNorms | None = None
         self.routers = Routers()
         self.eras = Eras()
+        self.masks = TaskMasks()
+        self.guard: Guard | None = None  # the guard in use (the task in training's, between tasks the last)
         self.undo: list[_Widening] | None = None  # widenings inside the open transaction
         self.replaced: dict[int, weakref.ref] = {}  # parameters that widen() replaced
 
@@ -174,7 +177,15 @@ class ContinualNetwork(nn.Module):
         """
         if not isinstance(task, int) or not 0 <= task < self.num_tasks:
             raise TaskError(f"task {task!r} has no head; trained tasks are 0..{self.num_tasks - 1}")
-        return self.heads.output(self(x).flatten(1), task)
+        return self.heads.output(self._features(x, task), task)
+
+    def _features(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        """The body's flattened features as task ``task`` sees them (with its masks, if any)."""
+        masks = self._eidetic.masks
+        if not masks.has(task):
+            return self(x).flatten(1)
+        with masks.applied(task, self):
+            return self(x).flatten(1)
 
     def predict(self, x: torch.Tensor, router=None) -> Prediction:
         """Predict the task and the class of every input, with no task id: one pass of the body,
@@ -199,7 +210,13 @@ class ContinualNetwork(nn.Module):
         features = self(x).flatten(1)
         logits = [self.heads.output(features, k) for k in range(tasks)]
         scores = self._eidetic.routers.choose(router, tasks).scores(features, logits)
-        return route(scores, logits)
+        prediction = route(scores, logits)
+        masked = [k for k in range(tasks) if self._eidetic.masks.has(k)]
+        for k in masked:  # a masked task's own pass, only for the inputs routed to it
+            rows = (prediction.task == k).nonzero().flatten()
+            if len(rows):
+                logits[k] = logits[k].index_copy(0, rows, self.heads.output(self._features(x[rows], k), k))
+        return route(scores, logits) if masked else prediction
 
     def fit_router(self, data: Sequence[Data] | None = None, *, batch_size: int | None = None,
                    steps: int = 60, lr: float = 0.05) -> None:
@@ -327,6 +344,7 @@ class ContinualNetwork(nn.Module):
         start = time.perf_counter()
         with self._transaction(example, optimizer) as tx:
             head = self.heads.add(self._eidetic.graph.feature_dim, num_classes, like=self._reference_tensor())
+            self._begin_task(task, head)
             session = self._session(task, head, train_loader, val_loader, tx.optimizer(self._trainable(head)),
                                     loss_fn, metric, clip_grad_norm, callbacks, progress, l1)
             sched = scheduler(session.optimizer) if scheduler is not None else None
@@ -413,6 +431,7 @@ class ContinualNetwork(nn.Module):
         _check_int("memory", memory, 0)
         loader = None if data is None else as_loader(data, batch_size, shuffle=False, name="data")
         state = self._eidetic
+        state.masks.freeze(task, self._row_owner)
         counts = phases.freeze(state.layers, state.graph, state.ownership, task, self.heads.head(task))
         self.heads.freeze(task, head_columns(state.graph, state.ownership.masks("frozen")))
         state.frozen_tasks += 1
@@ -527,9 +546,12 @@ class ContinualNetwork(nn.Module):
             if eras[name].any():
                 _, spec = layers[name]
                 sizes = {a: resized.saved[name].attributes[a] for a, _ in spec.size_attributes or ()}
+                tasks = (state.eras.first_task(name), state.frozen_tasks)
                 state.eras.add(name, Era(sizes, resized.out_maps[name], resized.in_maps[name],
-                                         eras[name].nonzero().flatten()))
+                                         eras[name].nonzero().flatten(), tasks))
         state.graph, state.layers, state.ownership = resized.graph, resized.layers, resized.ownership
+        for name, layout in resized.layouts.items():
+            state.masks.widen(name, layout, self._row_owner)
         self.heads.widen(resized.features, resized.graph.feature_dim, state.frozen_tasks)
         state.routers.widen(resized.features, resized.graph.feature_dim)
         phases.reinitialize(state.layers, state.graph, resized.new_units)
@@ -542,10 +564,52 @@ class ContinualNetwork(nn.Module):
         self.eval()
         try:
             with torch.no_grad():
-                features = self(self._example()).flatten(1)
-                return [self.heads.output(features, k) for k in range(self._eidetic.frozen_tasks)]
+                x = self._example()
+                return [self.logits(x, k) for k in range(self._eidetic.frozen_tasks)]
         finally:
             self.train(training)
+
+    # ------------------------------------------------------------------ task masks (for mixins)
+
+    def _begin_task(self, task: int, head: nn.Linear) -> None:
+        """Called by ``train_task`` once the task's head exists, before training: the place for a
+        mixin to set the task's masks (:meth:`_set_mask`), release entries or widen."""
+
+    def _set_mask(self, name: str, mask: Mask) -> None:
+        """Give the open task a mask over body parameter ``name`` (``"fc1.weight"``): a tensor
+        that broadcasts against it (element-wise, per kernel, per unit) or a function returning
+        one, binary by the time the task ends. See :mod:`eidetic.guarantee.masks`."""
+        task = self._open_or_new()
+        params = self._body_parameters()
+        if name not in params:
+            raise TaskError(f"'{name}' is not a parameter of the body; masks go on {sorted(params)}")
+        self._eidetic.masks.set(task, name, mask, params[name])
+
+    def _release(self, name: str, entries: torch.Tensor) -> None:
+        """Let the open task train ``entries`` (a boolean mask) of frozen parameter ``name``:
+        refused unless every finished task that reads them masks them out."""
+        task = self._open_or_new()
+        state = self._eidetic
+        if name not in self._body_parameters():
+            raise TaskError(f"'{name}' is not a parameter of the body")
+        state.masks.release(task, name, entries, self._row_owner, state.frozen_tasks)
+        if state.guard is not None:
+            state.guard.release(name, state.masks.released[name])
+
+    def _open_or_new(self) -> int:
+        if self.num_tasks == self._eidetic.frozen_tasks:
+            raise TaskError("masks belong to the task in training; set them from _begin_task()")
+        return self.num_tasks - 1
+
+    def _body_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if not n.startswith("heads.")}
+
+    def _row_owner(self, name: str) -> torch.Tensor:
+        """The owner of the unit that each entry of body tensor ``name`` belongs to."""
+        state = self._eidetic
+        module_name, _, tensor_name = name.rpartition(".")
+        module, spec = state.layers[module_name]
+        return row_owners(state.graph, state.ownership.owner, module_name, module, spec, tensor_name)
 
     # ------------------------------------------------------------------ diagnostics
 
@@ -579,6 +643,7 @@ class ContinualNetwork(nn.Module):
             "pruned": {k: v.clone() for k, v in state.ownership.pruned.items()},
             "routers": state.routers.state(),
             "eras": state.eras.state(),
+            "masks": state.masks.state(state.frozen_tasks),
             "head_inputs": self.heads.input_state(),
         }
 
@@ -619,6 +684,7 @@ class ContinualNetwork(nn.Module):
         for task, positions in inputs.items():
             self.heads.register_buffer(f"inputs_{task}", positions.to(self._device()), persistent=False)
         state.eras.load(extra.get("eras", {}))
+        state.masks.load(extra.get("masks", {}))
         state.frozen_tasks = extra["frozen_tasks"]
         for t in range(state.frozen_tasks):  # masks are placeholders until the state dict fills them
             self.heads.freeze(t, torch.zeros(state.graph.feature_dim))
@@ -676,9 +742,10 @@ class ContinualNetwork(nn.Module):
         state = self._eidetic
         features = head_columns(state.graph, state.ownership.masks("frozen"))
         guard = Guard(state.layers, state.graph, state.ownership,
-                      self.heads.frozen_slices(state.frozen_tasks, features), head)
+                      self.heads.frozen_slices(state.frozen_tasks, features), head, state.masks.released)
         state.norms.attach(guard)
         state.eras.attach(state.layers)
+        state.guard = guard
         return guard
 
     def _session(self, task, head, train_loader, val_loader, optimizer, loss_fn, metric, clip_grad_norm,
@@ -690,7 +757,7 @@ class ContinualNetwork(nn.Module):
             train_loader=train_loader, val_loader=val_loader, optimizer=optimizer,
             loss_fn=loss_fn or F.cross_entropy, metric=metric or accuracy, check_labels=loss_fn is None,
             input_shape=state.input_shape, clip_grad_norm=clip_grad_norm, callbacks=callbacks,
-            progress=progress, penalty=penalty,
+            progress=progress, penalty=penalty, features=lambda x: self._features(x, task),
         )
 
     @contextlib.contextmanager
@@ -710,7 +777,7 @@ class ContinualNetwork(nn.Module):
                 self._forget_graph()
             raise
         heads, frozen, training = self.num_tasks, state.frozen_tasks, self.training
-        routers = state.routers.checkpoint()
+        routers, masks = state.routers.checkpoint(), state.masks.checkpoint()
         tx = _OptimizerTransaction(optimizer, state.replaced)
         state.undo = []
         try:
@@ -724,6 +791,7 @@ class ContinualNetwork(nn.Module):
                 self.heads.drop_last()
             state.frozen_tasks = frozen
             state.routers.rollback(routers)
+            state.masks.rollback(masks)
             snapshot.restore()
             tx.rollback()
             if created:
@@ -777,6 +845,7 @@ class _Widening:
         self.net = net
         self.graph, self.layers, self.ownership = state.graph, state.layers, state.ownership
         self.eras = state.eras.copy()
+        self.masks = state.masks.checkpoint()
         self.routers = state.routers.state()
         heads = [net.heads, *net.heads]
         self.modules = [SavedModule.of(m) for m, _ in state.layers.values()] + [SavedModule.of(h) for h in heads]
@@ -787,6 +856,7 @@ class _Widening:
             saved.restore()
         state.graph, state.layers, state.ownership = self.graph, self.layers, self.ownership
         state.eras.records = self.eras
+        state.masks.rollback(self.masks)
         state.routers.load(self.routers)
         self.net._make_guard()
 

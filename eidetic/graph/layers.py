@@ -194,12 +194,17 @@ class LayerSpec:
         if in_map is None:
             in_map = torch.arange(self.input_size(module))
         for name in self.tensor_names():
-            maps = [(dim, out_map, units) for n, dim in self.out_tensors if n == name]
-            if name == self.in_tensor:
-                maps.append((self.in_dim, in_map, inputs // self.groups))
-            replace_grown(module, name, maps)
+            replace_grown(module, name, self.grown_layout(name, out_map, units, in_map, inputs))
         for attribute, role in self.size_attributes:
             setattr(module, attribute, units if role == "out" else inputs)
+
+    def grown_layout(self, name: str, out_map: torch.Tensor, units: int, in_map: torch.Tensor,
+                     inputs: int) -> list[tuple[int, torch.Tensor, int]]:
+        """``(dim, new index of each old entry, new size)`` of tensor ``name`` in :meth:`resize`."""
+        maps = [(dim, out_map, units) for n, dim in self.out_tensors if n == name]
+        if name == self.in_tensor:
+            maps.append((self.in_dim, in_map, inputs // self.groups))
+        return maps
 
     # Scoring (see ``eidetic/training/scoring.py``).
 

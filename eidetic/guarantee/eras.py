@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..graph import LayerSpec
+from .masks import active
 
 _ATTR = "_eidetic_eras"
 
@@ -43,12 +44,15 @@ class Era:
         rows: for each unit position then, its position now.
         inputs: for each input position then, its position now.
         frozen: unit positions (then) whose outputs this era provides.
+        tasks: ``(first, stop)``: the tasks that ended while the layer had this shape (a masked
+            pass of one of them computes the layer at this shape, every unit of it).
     """
 
     sizes: dict[str, int]
     rows: torch.Tensor
     inputs: torch.Tensor
     frozen: torch.Tensor
+    tasks: tuple[int, int] = (0, 0)
     tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def follow(self, out_map: torch.Tensor, in_map: torch.Tensor) -> None:
@@ -57,28 +61,38 @@ class Era:
 
     def cache(self, module: nn.Module, spec: LayerSpec) -> None:
         """Copy the era's slices of the layer's tensors (their frozen rows never change)."""
-        self.tensors = {}
-        for name in spec.tensor_names():
-            tensor = getattr(module, name).detach()
-            for tensor_name, dim in spec.out_tensors:
-                if tensor_name == name:
-                    tensor = tensor.index_select(dim, self.rows.to(tensor.device))
-            if name == spec.in_tensor:
-                tensor = tensor.index_select(spec.in_dim, self.inputs.to(tensor.device))
-            self.tensors[name] = tensor.contiguous()
+        self.tensors = {name: self._slice(spec, name, getattr(module, name).detach()).contiguous()
+                        for name in spec.tensor_names()}
 
-    def output(self, module: nn.Module, spec: LayerSpec, x: torch.Tensor) -> torch.Tensor:
-        """The layer at the era's shape on the era's inputs of ``x``."""
+    def output(self, module: nn.Module, spec: LayerSpec, x: torch.Tensor,
+               masks: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The layer at the era's shape on the era's inputs of ``x`` (with ``masks``, a task's
+        masks over the layer's tensors at today's shape, applied to the era's tensors)."""
         x = x.index_select(spec.in_unit_dim % x.dim(), self.inputs.to(x.device))
-        with _substituted(module, self.tensors, self.sizes):
+        tensors = self.tensors
+        if masks:
+            tensors = dict(tensors)
+            for name, mask in masks.items():
+                tensors[name] = tensors[name] * self._slice(spec, name, mask).to(tensors[name].dtype)
+        with _substituted(module, tensors, self.sizes):
             return type(module).forward(module, x)
 
+    def _slice(self, spec: LayerSpec, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` (today's shape, or broadcastable to it) cut to the era's rows and inputs."""
+        for tensor_name, dim in spec.out_tensors:
+            if tensor_name == name and tensor.shape[dim] != 1:
+                tensor = tensor.index_select(dim, self.rows.to(tensor.device))
+        if name == spec.in_tensor and tensor.shape[spec.in_dim] != 1:
+            tensor = tensor.index_select(spec.in_dim, self.inputs.to(tensor.device))
+        return tensor
+
     def state(self) -> dict:
-        return {"sizes": dict(self.sizes), "rows": self.rows, "inputs": self.inputs, "frozen": self.frozen}
+        return {"sizes": dict(self.sizes), "rows": self.rows, "inputs": self.inputs, "frozen": self.frozen,
+                "tasks": list(self.tasks)}
 
     @classmethod
     def from_state(cls, state: dict) -> Era:
-        return cls(dict(state["sizes"]), state["rows"], state["inputs"], state["frozen"])
+        return cls(dict(state["sizes"]), state["rows"], state["inputs"], state["frozen"], tuple(state["tasks"]))
 
 
 @contextlib.contextmanager
@@ -103,8 +117,16 @@ def _era_hook(module: nn.Module, args, output):
     eras = module.__dict__.get(_ATTR)
     if not eras or _paused:
         return None
-    spec, records = eras
+    name, spec, records = eras
     dim = spec.out_unit_dim % output.dim()
+    masked = active()
+    if masked is not None:  # a masked task's pass: the layer at the shape it had when the task ended
+        task, masks = masked
+        era = next((e for e in records if e.tasks[0] <= task < e.tasks[1]), None)
+        if era is None:
+            return None
+        mine = {t: masks[f"{name}.{t}"] for t in spec.tensor_names() if f"{name}.{t}" in masks}
+        return output.index_copy(dim, era.rows.to(output.device), era.output(module, spec, args[0], mine))
     for era in records:
         old = era.output(module, spec, args[0])
         frozen = era.frozen.to(output.device)
@@ -136,6 +158,11 @@ class Eras:
     def add(self, name: str, era: Era) -> None:
         self.records.setdefault(name, []).append(era)
 
+    def first_task(self, name: str) -> int:
+        """The first task that ended at layer ``name``'s present shape."""
+        records = self.records.get(name)
+        return records[-1].tasks[1] if records else 0
+
     def covered(self, name: str) -> torch.Tensor | None:
         """Unit positions (now) of layer ``name`` whose outputs come from an era."""
         records = self.records.get(name)
@@ -152,7 +179,7 @@ class Eras:
             module, spec = layers[name]
             for era in records:
                 era.cache(module, spec)
-            module.__dict__[_ATTR] = (spec, records)
+            module.__dict__[_ATTR] = (name, spec, records)
             if name not in self._handles:
                 self._handles[name] = module.register_forward_hook(_era_hook)
 
@@ -165,7 +192,7 @@ class Eras:
             module.__dict__.pop(_ATTR, None)
 
     def copy(self) -> dict[str, list[Era]]:
-        return {name: [Era(dict(e.sizes), e.rows, e.inputs, e.frozen) for e in records]
+        return {name: [Era(dict(e.sizes), e.rows, e.inputs, e.frozen, e.tasks) for e in records]
                 for name, records in self.records.items()}
 
     def state(self) -> dict[str, list[dict]]:

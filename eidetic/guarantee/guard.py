@@ -37,8 +37,12 @@ class FrozenSlice:
     dim: int
     index: torch.Tensor
     values: torch.Tensor
+    released: torch.Tensor | None = None  # entries (of the slice) the open task may train
 
     def restore(self) -> None:
+        if self.released is not None:  # released entries keep what the optimizer made of them
+            self.values = torch.where(self.released, self.tensor.detach().index_select(self.dim, self.index),
+                                      self.values)
         # ``.data``: restoring a BatchNorm statistic right after a training forward must not bump
         # the version that autograd saved (the backward pass does not read these values).
         self.tensor.data.index_copy_(self.dim, self.index, self.values)
@@ -66,12 +70,19 @@ class Guard:
         ownership: owners and pruning marks.
         head_slices: what of the task heads is frozen (see :meth:`TaskHeads.frozen_slices`).
         head: the head the task in training trains, or ``None``.
+        released: ``{"module.tensor": mask}`` of frozen entries the task in training may train
+            (see :mod:`eidetic.guarantee.masks`).
     """
 
     def __init__(self, layers: Layers, graph: UnitGraph, ownership: Ownership,
-                 head_slices: list[HeadSlice], head: nn.Module | None = None) -> None:
+                 head_slices: list[HeadSlice], head: nn.Module | None = None,
+                 released: dict[str, torch.Tensor] | None = None) -> None:
         self.layers, self.graph, self.ownership, self.head = layers, graph, ownership, head
         self.frozen = self._capture(head_slices)
+        for f in self.frozen:
+            mask = (released or {}).get(f"{f.module}.{f.name}")
+            if mask is not None:
+                f.released = mask.to(f.values.device).index_select(f.dim, f.index)
         self._by_tensor = {(f.module, f.name): f for f in self.frozen}
         self._stepped = [f for f in self.frozen if isinstance(f.tensor, nn.Parameter)]
         self.pruned_rows: list[_Rows] = []
@@ -100,6 +111,14 @@ class Guard:
         """
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         self._stepped = [f for f in self.frozen if id(f.tensor) in held]
+
+    def release(self, name: str, mask: torch.Tensor) -> None:
+        """Leave the entries of ``mask`` (over the whole tensor ``"module.tensor"``) to the
+        optimizer from now on."""
+        module, _, tensor_name = name.rpartition(".")
+        f = self._by_tensor.get((module, tensor_name))
+        if f is not None:
+            f.released = mask.to(f.values.device).index_select(f.dim, f.index)
 
     def frozen_slice(self, module: str, name: str) -> FrozenSlice | None:
         """The frozen slice of ``module.name``, or ``None`` if nothing of it is frozen."""
@@ -132,7 +151,11 @@ class Guard:
         """Zero the gradients of frozen and pruned entries (before clipping gradients)."""
         for f in self.frozen:
             if isinstance(f.tensor, nn.Parameter) and f.tensor.grad is not None:
-                f.tensor.grad.index_fill_(f.dim, f.index, 0)
+                if f.released is None:
+                    f.tensor.grad.index_fill_(f.dim, f.index, 0)
+                else:
+                    kept = f.tensor.grad.index_select(f.dim, f.index) * f.released
+                    f.tensor.grad.index_copy_(f.dim, f.index, kept)
         for r in self.pruned_rows:
             if r.param.grad is not None:
                 r.param.grad.index_fill_(r.dim, r.index, 0)

@@ -43,3 +43,22 @@ def in_mask(graph: UnitGraph, module: str, masks: UnitMasks, size: int) -> torch
 def head_columns(graph: UnitGraph, masks: UnitMasks) -> torch.Tensor:
     """Mask over feature positions read from selected units (columns of a task head)."""
     return in_mask(graph, FEATURES, masks, graph.feature_dim)
+
+
+def row_owners(graph: UnitGraph, owners: UnitMasks, module_name: str, module, spec, tensor_name: str) -> torch.Tensor:
+    """The owner of the unit that each entry of ``module.tensor_name`` belongs to (``owners``:
+    ``{group: owner per unit}``), as a tensor of the tensor's shape."""
+    tensor = getattr(module, tensor_name)
+    count = spec.unit_count(module)
+    per_position = torch.full((count,), -1, dtype=next(iter(owners.values())).dtype)
+    for group, slot in graph.out_slots(module_name):
+        per_position[slot.index] = owners[group.key][slot.units]
+    result = torch.full(tuple(tensor.shape), -1, dtype=per_position.dtype)
+    for name, dim, index, owner in spec.producer_slices(module, torch.arange(count)):
+        if name == tensor_name:
+            shape = [1] * tensor.dim()
+            shape[dim] = len(index)
+            values = per_position[owner].view(shape).expand(*[len(index) if d == dim else s
+                                                              for d, s in enumerate(tensor.shape)])
+            result.index_copy_(dim, index, values.contiguous())
+    return result

@@ -63,6 +63,7 @@ class Resized:
     features: torch.Tensor  # new position of each old feature
     out_maps: dict[str, torch.Tensor]  # per resized layer: new position of each old unit position
     in_maps: dict[str, torch.Tensor]  # per resized layer: new position of each old input position
+    layouts: dict[str, list[tuple[int, torch.Tensor, int]]]  # per "module.tensor": how its entries moved
     saved: dict[str, SavedModule]  # the resized layers as they were
 
 
@@ -180,11 +181,14 @@ def resize_body(layers: Layers, graph: UnitGraph, ownership: Ownership, added: d
         maps = unit_maps(graph, new_graph, added, out_maps)
         for s in saved:  # now lay the old weights out along the measured maps
             s.restore()
-        in_maps = {}
+        in_maps, layouts = {}, {}
         for name in names:
             module, spec = layers[name]
             _, units, inputs = sizes[name]
             in_maps[name] = input_map(graph, new_graph, name, maps, spec.input_size(module), inputs)
+            for tensor_name in spec.tensor_names():
+                layouts[f"{name}.{tensor_name}"] = spec.grown_layout(tensor_name, out_maps[name], units,
+                                                                     in_maps[name], inputs)
             spec.resize(module, out_maps[name], units, in_maps[name], inputs)
         features = input_map(graph, new_graph, FEATURES, maps, graph.feature_dim, new_graph.feature_dim)
     except BaseException:
@@ -199,7 +203,8 @@ def resize_body(layers: Layers, graph: UnitGraph, ownership: Ownership, added: d
         new_units[group.key][maps[group.key]] = False
         owners.owner[group.key][maps[group.key]] = ownership.owner[group.key]
         owners.pruned[group.key][maps[group.key]] = ownership.pruned[group.key]
-    return Resized(new_graph, new_layers, owners, new_units, features, out_maps, in_maps, dict(zip(names, saved)))
+    return Resized(new_graph, new_layers, owners, new_units, features, out_maps, in_maps, layouts,
+                   dict(zip(names, saved)))
 
 
 def _position_table(slot, size: int) -> torch.Tensor:

@@ -102,6 +102,7 @@ class TaskSession:
     callbacks: Sequence[Callback] = ()
     progress: bool = True
     penalty: Callable[[], torch.Tensor] | None = None
+    features: Callable[[torch.Tensor], torch.Tensor] | None = None  # inputs -> the task's features
     epochs_run: int = field(default=0, init=False)
     _finite: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)  # per step since the last check
 
@@ -113,7 +114,10 @@ class TaskSession:
         return self.head.weight.device
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x).flatten(1))
+        return self.head(self.forward_features(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).flatten(1) if self.features is None else self.features(x)
 
     def _check(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if tuple(x.shape[1:]) != self.input_shape:
@@ -263,7 +267,7 @@ class TaskSession:
         self.head.eval()
         return ScoringContext(layers=layers, graph=graph,
                               batches=batches(self.train_loader, self.device, "train_data"),
-                              loss=lambda x, y: self.loss_fn(self.logits(x), y), features=self.body,
+                              loss=lambda x, y: self.loss_fn(self.logits(x), y), features=self.forward_features,
                               max_batches=max_batches)
 
 
