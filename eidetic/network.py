@@ -515,14 +515,19 @@ class ContinualNetwork(nn.Module):
                 after = self._finished_outputs()
                 moved = [k for k, (a, b) in enumerate(zip(before, after)) if not torch.equal(a, b)]
                 if moved:
-                    raise GraphError(f"widening {added} would change the outputs of task(s) {moved}; nothing was "
-                                     "changed. Please report this network to the eidetic developers.")
+                    raise GraphError(
+                        f"widening {added} would change the outputs of task(s) {moved} in their last bits, so nothing "
+                        "was changed. The usual cause is an element-wise function whose CPU kernel rounds an element "
+                        "differently depending on where it sits in the tensor (sigmoid, SiLU, ELU: their vectorised "
+                        "and scalar paths differ), applied to a widened layer's output. Use a ReLU-family, tanh or "
+                        "GELU activation there, or do not widen that group.")
             except BaseException:
                 undo.restore()
                 raise
+            current = {id(p) for p in self.parameters()}
             for saved in undo.modules:
                 for param in saved.parameters.values():
-                    if param is not None:
+                    if param is not None and id(param) not in current:
                         state.replaced[id(param)] = weakref.ref(param)
             if state.undo is not None:
                 state.undo.append(undo)

@@ -84,7 +84,9 @@ def assert_resistance(net) -> None:
             assert torch.equal(mask.bool(), (cols >= 0) & (cols <= k)), f"task {k}'s feature mask is wrong"
         return
     for k in range(net._eidetic.frozen_tasks):
-        bad = (cols != RAW) & ((cols == FREE) | (cols > k))
+        inputs = getattr(net.heads, f"inputs_{k}", None)  # a head from before a widening reads its old features
+        read = cols if inputs is None else cols[inputs.cpu()]
+        bad = (read != RAW) & ((read == FREE) | (read > k))
         assert torch.all(net.heads[k].weight.detach()[:, bad] == 0), f"head {k} reads a free or later unit"
 
 
@@ -110,3 +112,66 @@ def check_after_task(net, fixed: torch.Tensor, task: int, logits: list[torch.Ten
         assert_persistent(net, state)
     frozen.append(frozen_state(net))
     assert_resistance(net)
+
+
+def _position_keys(net, module: str, size: int, side: str) -> list[tuple]:
+    """A name for each output or input position of ``module`` that does not depend on where it
+    sits: ``(group, unit, k)`` for the k-th position of a unit, ``("raw", k)`` for the k-th
+    position that holds no unit."""
+    keys: list[tuple | None] = [None] * size
+    for group in net.graph:
+        for slot in getattr(group, side):
+            if slot.module != module:
+                continue
+            seen: dict[int, int] = {}
+            for unit, position in sorted(zip(slot.units.tolist(), slot.index.tolist())):
+                keys[position] = (group.key, unit, seen.get(unit, 0))
+                seen[unit] = seen.get(unit, 0) + 1
+    raw = iter(range(size))
+    return [key if key is not None else ("raw", next(raw)) for key in keys]
+
+
+def unit_state(net) -> dict[tuple[str, str], tuple[list, list | None, torch.Tensor]]:
+    """Every owned slice, addressed by unit rather than by position: ``{(module, tensor): (row
+    keys, column keys or None, values)}``, rows and columns in key order. Comparing two of them
+    (:func:`assert_same_units`) checks persistence across a widening, which moves positions."""
+    state = {}
+    for name, (module, spec) in net._eidetic.layers.items():
+        rows = _position_keys(net, name, spec.unit_count(module), "outs")
+        owner = _owner_of_outputs(net, name, spec.unit_count(module))
+        owned = (owner != FREE).nonzero().flatten()
+        for tensor_name, dim, index, which in spec.producer_slices(module, owned):
+            tensor = getattr(module, tensor_name).detach()
+            row_keys = [rows[int(owned[w])] for w in which.tolist()]
+            order = sorted(range(len(row_keys)), key=lambda i: (row_keys[i], i))
+            values = tensor.index_select(dim, index[order]).movedim(dim, 0)
+            columns = None
+            if tensor_name == spec.in_tensor and spec.groups == 1 and not hasattr(spec, "gates"):
+                columns = _position_keys(net, name, spec.input_size(module), "ins")
+                in_dim = spec.in_dim if spec.in_dim > dim else spec.in_dim + 1
+                col_order = sorted(range(len(columns)), key=lambda i: columns[i])
+                values = values.index_select(in_dim, torch.tensor(col_order, dtype=torch.long))
+                columns = [columns[i] for i in col_order]
+            state[(name, tensor_name)] = ([row_keys[i] for i in order], columns, values.clone())
+    return state
+
+
+def assert_same_units(net, earlier: dict) -> None:
+    """Every slice in ``earlier`` (a :func:`unit_state`) is bitwise unchanged, unit by unit;
+    columns reading units added since must be zero in those rows."""
+    now = unit_state(net)
+    for key, (rows, columns, values) in earlier.items():
+        new_rows, new_columns, new_values = now[key]
+        pick = [new_rows.index(r) for r in rows]
+        current = new_values.index_select(0, torch.tensor(pick, dtype=torch.long))
+        if columns is not None:
+            spec = net._eidetic.layers[key[0]][1]
+            in_dim = spec.in_dim if spec.in_dim > spec.out_dim_of(key[1]) else spec.in_dim + 1
+            keep = [new_columns.index(c) for c in columns]
+            old = set(columns)
+            extra = [i for i, c in enumerate(new_columns) if c not in old]
+            if extra:
+                added = current.index_select(in_dim, torch.tensor(extra, dtype=torch.long))
+                assert torch.all(added == 0), f"frozen rows of {key[0]}.{key[1]} read new units"
+            current = current.index_select(in_dim, torch.tensor(keep, dtype=torch.long))
+        assert torch.equal(current, values), f"frozen slice {key[0]}.{key[1]} changed"

@@ -15,12 +15,12 @@ width = st.integers(2, 8)
 
 
 @st.composite
-def mlp_specs(draw) -> dict:
+def mlp_specs(draw, activations: tuple[str, ...] = tuple(sorted(ACTIVATIONS))) -> dict:
     return {
         "in": draw(st.integers(3, 10)),
         "widths": draw(st.lists(width, min_size=1, max_size=3)),
         "bn": draw(st.booleans()),
-        "act": draw(st.sampled_from(sorted(ACTIVATIONS))),
+        "act": draw(st.sampled_from(activations)),
         "dropout": draw(st.sampled_from([0.0, 0.25])),
         "single_head": draw(st.booleans()),
     }

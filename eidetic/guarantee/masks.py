@@ -67,6 +67,7 @@ class TaskMasks:
         self.masks: dict[int, dict[str, Mask]] = {}
         self.released: dict[str, torch.Tensor] = {}  # the open task's, boolean, full shape
         self.entry_owner: dict[str, torch.Tensor] = {}  # tensors with released entries: owner per entry
+        self._factors: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def set(self, task: int, name: str, mask: Mask, parameter: torch.Tensor) -> None:
         """Give task ``task`` (the open one) mask ``mask`` over ``parameter`` (named ``name``)."""
@@ -91,21 +92,30 @@ class TaskMasks:
         """Task ``task``'s masks as tensors (functions evaluated)."""
         return {name: m() if callable(m) else m for name, m in self.masks.get(task, {}).items()}
 
+    def _factor(self, mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """A stored boolean mask as a factor of ``like``'s dtype and device (cached)."""
+        if mask.dtype != torch.bool:
+            return mask.to(like.dtype)
+        key = (id(mask), like.dtype, like.device)
+        cached = self._factors.get(key)
+        if cached is None or cached[0] is not mask:
+            cached = self._factors[key] = (mask, mask.to(device=like.device, dtype=like.dtype))
+        return cached[1]
+
     @contextlib.contextmanager
     def applied(self, task: int, body: nn.Module):
         """Compute ``body`` with task ``task``'s masks inside the block."""
         global _active
         values = self.values(task)
-        modules = dict(body.named_modules())
         swapped = []
         previous = _active
         try:
             for name, mask in values.items():
                 module_name, _, tensor_name = name.rpartition(".")
-                module = modules[module_name]
+                module = body.get_submodule(module_name)
                 original = module._parameters[tensor_name]
                 swapped.append((module, tensor_name, original))
-                module._parameters[tensor_name] = original * mask.to(original.dtype)
+                module._parameters[tensor_name] = original * self._factor(mask, original)
             _active = (task, values)
             yield
         finally:

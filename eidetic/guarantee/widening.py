@@ -89,19 +89,24 @@ def check_widenable(layers: Layers, graph: UnitGraph, added: dict[str, int]) -> 
     """Refuse, before anything changes, a request the layers cannot follow."""
     for key, n in added.items():
         group = graph[key]
-        for slot in group.outs:
-            module, spec = layers[slot.module]
-            label = f"module '{slot.module}' ({type(module).__name__})"
-            others = sorted({g.key for g, _ in graph.out_slots(slot.module)} - {key})
-            if others or len(slot.index) != spec.unit_count(module):
-                raise UnsupportedLayerError(
-                    f"cannot widen group '{key}': {label} also produces units of group(s) {others or '(none)'}, so "
-                    "there is no end of its output to append units at. Widen a group whose layers produce it alone."
-                )
-            try:
-                spec.widened_positions(module, n)
-            except ValueError as error:
-                raise UnsupportedLayerError(f"cannot widen group '{key}': {label}: {error}") from None
+        module, spec = layers[key]  # the anchor: the new units are appended to its output
+        label = f"module '{key}' ({type(module).__name__})"
+        others = sorted({g.key for g, _ in graph.out_slots(key)} - {key})
+        if others:
+            raise UnsupportedLayerError(
+                f"cannot widen group '{key}': {label} also produces units of group(s) {others} (its output is "
+                "split), so there is no end of its output to append units at."
+            )
+        if all(layers[slot.module][1].passthrough for slot in group.outs):
+            raise UnsupportedLayerError(
+                f"cannot widen group '{key}': it is produced only by {label} and other layers that compute each unit "
+                "from the input channel of the same number (BatchNorm, depthwise convolution), and what they read "
+                "(the network's input) cannot grow."
+            )
+        try:
+            spec.widened_positions(module, n)
+        except ValueError as error:
+            raise UnsupportedLayerError(f"cannot widen group '{key}': {label}: {error}") from None
         for slot in group.ins:
             if slot.module == FEATURES:
                 continue
@@ -146,8 +151,7 @@ def touched(graph: UnitGraph, added: dict[str, int]) -> list[str]:
 def _grown_sizes(layers: Layers, graph: UnitGraph, added: dict[str, int], name: str) -> tuple[torch.Tensor, int, int]:
     """``(new positions of the old units, units, input positions)`` of layer ``name``."""
     module, spec = layers[name]
-    produced = [g.key for g, _ in graph.out_slots(name) if g.key in added]
-    n = added[produced[0]] if produced else 0
+    n = sum(added.get(g.key, 0) for g, _ in graph.out_slots(name))
     inputs = spec.input_size(module)
     for group, slot in graph.in_slots(name):
         if group.key in added:
@@ -177,20 +181,20 @@ def resize_body(layers: Layers, graph: UnitGraph, ownership: Ownership, added: d
             raise GraphError(f"after widening {added}, measuring the network failed ({type(error).__name__}: "
                              f"{error}). Does forward() hard-code a width (a view or reshape to a fixed size)?") \
                 from error
-        out_maps = {name: sizes[name][0] for name in names}
-        maps = unit_maps(graph, new_graph, added, out_maps)
+        maps = unit_maps(graph, new_graph, added, {key: sizes[key][0] for key in added})
         for s in saved:  # now lay the old weights out along the measured maps
             s.restore()
-        in_maps, layouts = {}, {}
+        out_maps, in_maps, layouts = {}, {}, {}
         for name in names:
             module, spec = layers[name]
             _, units, inputs = sizes[name]
-            in_maps[name] = input_map(graph, new_graph, name, maps, spec.input_size(module), inputs)
+            out_maps[name] = position_map(graph, new_graph, name, maps, spec.unit_count(module), units, "outs")
+            in_maps[name] = position_map(graph, new_graph, name, maps, spec.input_size(module), inputs, "ins")
             for tensor_name in spec.tensor_names():
                 layouts[f"{name}.{tensor_name}"] = spec.grown_layout(tensor_name, out_maps[name], units,
                                                                      in_maps[name], inputs)
             spec.resize(module, out_maps[name], units, in_maps[name], inputs)
-        features = input_map(graph, new_graph, FEATURES, maps, graph.feature_dim, new_graph.feature_dim)
+        features = position_map(graph, new_graph, FEATURES, maps, graph.feature_dim, new_graph.feature_dim, "ins")
     except BaseException:
         for s in saved:
             s.restore()
@@ -214,47 +218,44 @@ def _position_table(slot, size: int) -> torch.Tensor:
 
 
 def unit_maps(old: UnitGraph, new: UnitGraph, added: dict[str, int],
-              out_maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+              anchors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``{group: new unit number of every old unit}``, followed through the group's anchor
-    layer; raises :class:`GraphError` if the re-measured table is not the old one plus the new
-    units."""
-    maps = {}
+    layer (where a widened group's old units moved as ``anchors[group]`` says, and any other
+    stayed); raises :class:`GraphError` if the re-measured table is not the old one plus the
+    new units."""
     if set(new.keys()) != set(old.keys()):
         raise GraphError(f"widening changed the unit groups from {old.keys()} to {new.keys()}")
+    maps = {}
     for group in old:
         grown = new[group.key]
-        if grown.size != group.size + added.get(group.key, 0):
-            raise GraphError(f"after widening, group '{group.key}' has {grown.size} units, expected "
-                             f"{group.size + added.get(group.key, 0)}")
-        for slot in group.outs:
-            new_slot = next((s for s in grown.outs if s.module == slot.module), None)
-            if new_slot is None or len(new_slot.index) != len(slot.index) * grown.size // group.size:
-                raise GraphError(f"after widening, module '{slot.module}' does not produce every unit of group "
-                                 f"'{group.key}'")
-            moved = out_maps.get(slot.module, torch.arange(int(slot.index.max()) + 1))[slot.index]
-            found = _position_table(new_slot, int(max(new_slot.index.max(), moved.max())) + 1)[moved]
-            if group.key not in maps:
-                if bool((found < 0).any()) or len(found.unique()) != len(found):
-                    raise GraphError(f"after widening, the units of group '{group.key}' are not where module "
-                                     f"'{slot.module}' was expected to put them")
-                mapping = torch.empty(group.size, dtype=torch.long)
-                mapping[slot.units] = found
-                maps[group.key] = mapping
-            elif not torch.equal(found, maps[group.key][slot.units]):
-                raise GraphError(f"after widening, the producers of group '{group.key}' disagree on where its "
-                                 f"units are ('{slot.module}')")
+        expected = group.size + added.get(group.key, 0)
+        if grown.size != expected:
+            raise GraphError(f"after widening, group '{group.key}' has {grown.size} units, expected {expected}")
+        slot = next(s for s in group.outs if s.module == group.key)
+        new_slot = next(s for s in grown.outs if s.module == group.key)
+        moved = anchors[group.key][slot.index] if group.key in anchors else slot.index
+        table = torch.full((int(max(new_slot.index.max(), moved.max())) + 1,), -1, dtype=torch.long)
+        table[new_slot.index] = new_slot.units
+        found = table[moved]
+        if bool((found < 0).any()) or len(found.unique()) != len(found):
+            raise GraphError(f"after widening, the units of group '{group.key}' are not where module "
+                             f"'{group.key}' was expected to put them")
+        mapping = torch.empty(group.size, dtype=torch.long)
+        mapping[slot.units] = found
+        maps[group.key] = mapping
     return maps
 
 
-def input_map(old: UnitGraph, new: UnitGraph, module: str, maps: dict[str, torch.Tensor],
-              old_size: int, new_size: int) -> torch.Tensor:
-    """The new input position of each of ``module``'s ``old_size`` input positions: a unit's
-    positions go, in order, to its new positions; positions that read no unit (raw inputs) keep
-    their order among the positions that read no unit."""
+def position_map(old: UnitGraph, new: UnitGraph, module: str, maps: dict[str, torch.Tensor],
+                 old_size: int, new_size: int, role: str) -> torch.Tensor:
+    """The new position of each of ``module``'s ``old_size`` output (``role="outs"``) or input
+    (``"ins"``) positions: a unit's positions go, in order, to its new positions; positions of
+    no unit (raw inputs) keep their order among the positions of no unit."""
     position = torch.full((old_size,), -1, dtype=torch.long)
     taken = torch.zeros(new_size, dtype=torch.bool)
-    for group, slot in old.in_slots(module):
-        new_slot = next(s for s in new[group.key].ins if s.module == module)
+    slots = old.out_slots(module) if role == "outs" else old.in_slots(module)
+    for group, slot in slots:
+        new_slot = next(s for s in getattr(new[group.key], role) if s.module == module)
         taken[new_slot.index] = True
         old_unit_of = torch.full((new[group.key].size,), -1, dtype=torch.long)
         old_unit_of[maps[group.key]] = torch.arange(group.size)
@@ -262,12 +263,12 @@ def input_map(old: UnitGraph, new: UnitGraph, module: str, maps: dict[str, torch
         before = _by_unit(slot.units, slot.index)
         after = _by_unit(old_unit_of[new_slot.units[kept]], new_slot.index[kept])
         if not torch.equal(before[0], after[0]):
-            raise GraphError(f"after widening, module '{module}' reads the units of group '{group.key}' through "
-                             "a different number of inputs")
+            raise GraphError(f"after widening, module '{module}' holds the units of group '{group.key}' in a "
+                             "different number of positions")
         position[before[1]] = after[1]
     rest, free = (position < 0).nonzero().flatten(), (~taken).nonzero().flatten()
     if len(rest) != len(free):
-        raise GraphError(f"after widening, module '{module}' has {len(free)} inputs that read no unit, expected "
+        raise GraphError(f"after widening, module '{module}' has {len(free)} positions of no unit, expected "
                          f"{len(rest)}")
     position[rest] = free
     return position
