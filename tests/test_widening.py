@@ -14,7 +14,7 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -25,6 +25,7 @@ from models import CNN, MLP, ConcatNet, ResNet, input_shape
 from strategies import OptimizerChoice, cnn_specs, concat_specs, mlp_specs, optimizers, resnet_specs, runs
 
 seeds = st.integers(0, 2**16)
+examples = settings(max_examples=max(10, settings.default.max_examples // 8))  # 25 by default, 250 deep
 
 
 def _loader(shape, plan, classes, t):
@@ -99,23 +100,242 @@ LAYOUT_STABLE = ("gelu", "leaky_relu", "relu", "tanh")
 
 
 @given(spec=mlp_specs(LAYOUT_STABLE), optimizer=optimizers(), plans=runs, seed=seeds, amounts=amounts)
+@examples
 def test_widened_mlp_never_forgets(spec, optimizer, plans, seed, amounts):
     widen_and_check(MLP, spec, optimizer, plans, seed, amounts)
 
 
 @given(spec=cnn_specs(), optimizer=optimizers(), plans=runs, seed=seeds, amounts=amounts)
+@examples
 def test_widened_cnn_never_forgets(spec, optimizer, plans, seed, amounts):
     """Plain and depthwise convolutions grow; a group read by a grouped convolution is refused."""
     widen_and_check(CNN, spec, optimizer, plans, seed, amounts)
 
 
 @given(spec=resnet_specs(), optimizer=optimizers(), plans=runs, seed=seeds, amounts=amounts)
+@examples
 def test_widened_residual_net_never_forgets(spec, optimizer, plans, seed, amounts):
     """Widening a residual stream grows its every producer (stem, projections, last BN of each block)."""
     widen_and_check(ResNet, spec, optimizer, plans, seed, amounts)
 
 
 @given(spec=concat_specs(), optimizer=optimizers(), plans=runs, seed=seeds, amounts=amounts)
+@examples
 def test_widened_concatenation_never_forgets(spec, optimizer, plans, seed, amounts):
     """A widened branch moves every offset after it in the concatenation."""
     widen_and_check(ConcatNet, spec, optimizer, plans, seed, amounts)
+
+
+class Small(eidetic.ContinualNetwork):
+    """conv -> BN -> ReLU -> pool -> conv -> ReLU -> flatten -> Linear."""
+
+    def __init__(self, act=F.relu, view: bool = False) -> None:
+        super().__init__()
+        self.act, self.view = act, view
+        self.conv1, self.bn1 = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 3 * 3, 6)
+
+    def forward(self, x):
+        x = F.max_pool2d(self.act(self.bn1(self.conv1(x))), 2)
+        x = self.act(self.conv2(x))
+        x = x.view(-1, 36) if self.view else x.flatten(1)
+        return self.act(self.fc(x))
+
+
+def _data(seed, n=24):
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 1, 6, 6, generator=g), torch.randint(0, 3, (n,), generator=g))
+
+
+def _same_tensors(before: dict, after: dict) -> bool:
+    tensors = [k for k, v in before.items() if isinstance(v, torch.Tensor)]
+    return before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in tensors)
+
+
+def _train(net, task, **kwargs):
+    kwargs.setdefault("optimizer", lambda p: torch.optim.AdamW(p, lr=1e-2))
+    kwargs.setdefault("pruning", eidetic.Pruning(step=0.5, tolerance=0.99, max_steps=1, recovery_epochs=0))
+    return net.train_task(task, _data(task), num_classes=3, epochs=1, batch_size=8, progress=False, **kwargs)
+
+
+def test_widened_checkpoint_loads_into_a_fresh_network_at_the_original_width():
+    torch.manual_seed(0)
+    net = Small()
+    x = _data(9)[:][0]
+    _train(net, 0)
+    net.widen({"conv1": 3, "fc": 2})
+    _train(net, 1)
+    net.widen({"conv2": 2})
+    before = all_logits(net, x)
+    buffer = io.BytesIO()
+    torch.save(net.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = Small()
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    assert {g.key: g.size for g in fresh.graph} == {g.key: g.size for g in net.graph}
+    assert all(torch.equal(a, b) for a, b in zip(all_logits(fresh, x), before))
+    _train(fresh, 2)
+    assert all(torch.equal(a, b) for a, b in zip(all_logits(fresh, x)[:2], before))
+
+
+def test_new_units_are_trained_by_the_next_task():
+    torch.manual_seed(0)
+    net = Small()
+    _train(net, 0, pruning=None)  # task 0 keeps every unit: only the new ones are left
+    assert net._eidetic.ownership.free_counts()["fc"] == 0
+    net.widen({"fc": 3})
+    assert net._eidetic.ownership.free_counts()["fc"] == 3
+    new_rows = net.fc.weight.detach()[6:].clone()
+    _train(net, 1, pruning=None)
+    assert not torch.equal(net.fc.weight.detach()[6:], new_rows)
+    assert net.capacity().layers[-1].owned[1] == 3
+
+
+def test_widen_refuses_bad_requests_and_changes_nothing():
+    torch.manual_seed(0)
+    net = Small()
+    _train(net, 0)
+    state = copy.deepcopy(net.state_dict())
+    for request, error, match in [
+        ({"nope": 2}, eidetic.TaskError, "no unit group"),
+        ({"fc": -1}, eidetic.TaskError, "int >= 0"),
+        (["fc"], TypeError, "dict"),
+    ]:
+        with pytest.raises(error, match=match):
+            net.widen(request)
+    assert _same_tensors(state, net.state_dict())
+    _train(net, 1, finish=False)
+    with pytest.raises(eidetic.TaskError, match="still open"):
+        net.widen({"fc": 1})
+
+
+def test_widen_refuses_a_forward_that_hard_codes_a_width():
+    torch.manual_seed(0)
+    net = Small(view=True)
+    _train(net, 0)
+    x = _data(9)[:][0]
+    before = all_logits(net, x)
+    with pytest.raises(eidetic.GraphError, match="hard-code a width"):
+        net.widen({"conv2": 2})
+    assert net.conv2.weight.shape[0] == 4 and net.fc.weight.shape[1] == 36
+    assert all(torch.equal(a, b) for a, b in zip(all_logits(net, x), before))
+    _train(net, 1)  # and the network still trains
+
+
+def test_widen_refuses_layers_it_cannot_grow():
+    class Scaled(nn.Module):
+        def __init__(self, n_in, n_out):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(n_in, n_out) / n_in**0.5)
+
+        def forward(self, x):
+            return x @ self.w
+
+    eidetic.register_layer(Scaled, eidetic.LayerSpec(out_tensors=(("w", 1),), in_tensor="w", in_dim=0,
+                                                     out_unit_dim=-1, in_unit_dim=-1, score_tensors=("w",)))
+
+    class Custom(eidetic.ContinualNetwork):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.scaled = nn.Linear(5, 4), Scaled(4, 3)
+
+        def forward(self, x):
+            return self.scaled(F.relu(self.fc(x)))
+
+    class Recurrent(eidetic.ContinualNetwork):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lstm = nn.Linear(5, 4), nn.LSTM(4, 3, batch_first=True)
+
+        def forward(self, x):
+            return self.lstm(F.relu(self.fc(x)))[0][:, -1]
+
+    class Grouped(eidetic.ContinualNetwork):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(2, 4, 3), nn.Conv2d(4, 4, 1, groups=2)
+
+        def forward(self, x):
+            return self.conv2(F.relu(self.conv1(x))).flatten(1)
+
+    for net, shape, group, match in [(Custom(), (5,), "fc", "module 'scaled' .*size_attributes"),
+                                     (Recurrent(), (2, 5), "fc", "recurrent module 'lstm'"),
+                                     (Grouped(), (2, 4, 4), "conv1", "module 'conv2' .*grouped convolution")]:
+        net.setup(torch.randn(2, *shape))
+        with pytest.raises(eidetic.UnsupportedLayerError, match=match):
+            net.widen({group: 2})
+        assert net.graph[group].size == 4
+
+
+def test_an_optimizer_instance_holding_replaced_parameters_is_refused():
+    torch.manual_seed(0)
+    net = Small()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    _train(net, 0, optimizer=optimizer)
+    net.widen({"fc": 2})
+    with pytest.raises(eidetic.TaskError, match="widen"):
+        _train(net, 1, optimizer=optimizer)
+    _train(net, 1)  # a factory builds one for the new parameters
+
+
+def test_layout_sensitive_activation_is_refused_or_kept():
+    """With sigmoid after a widened layer, widen() either keeps every output bitwise or refuses
+    and changes nothing."""
+    torch.manual_seed(0)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        net = Small(act=torch.sigmoid)
+        _train(net, 0)
+        x = _data(9)[:][0]
+        before, sizes = all_logits(net, x), {g.key: g.size for g in net.graph}
+        try:
+            net.widen({"fc": 3, "conv2": 1})
+        except eidetic.GraphError as error:
+            assert "sigmoid" in str(error)
+            assert {g.key: g.size for g in net.graph} == sizes
+        assert all(torch.equal(a, b) for a, b in zip(all_logits(net, x), before))
+
+
+class GrowsInsideTask(Small):
+    """A mixin-like network that widens from inside the task (as CPG's growing step will)."""
+
+    def _begin_task(self, task, head):
+        if task == 1:
+            self._widen({"conv2": 2, "fc": 2})
+
+
+def test_a_failing_task_undoes_a_widening_made_inside_it():
+    torch.manual_seed(0)
+    net = GrowsInsideTask()
+    _train(net, 0)
+    x = _data(9)[:][0]
+    before, state = all_logits(net, x), copy.deepcopy(net.state_dict())
+    sizes = {g.key: g.size for g in net.graph}
+
+    def broken(logits, targets):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        _train(net, 1, loss_fn=broken)
+    assert {g.key: g.size for g in net.graph} == sizes
+    assert _same_tensors(state, net.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(all_logits(net, x), before))
+    _train(net, 1)
+    assert net.graph["conv2"].size == sizes["conv2"] + 2
+    assert torch.equal(all_logits(net, x)[0], before[0])
+
+
+def test_era_outputs_have_the_gradient_of_what_the_forward_computes():
+    """After widening, frozen units' outputs come from the layer at its old shape; autograd
+    differentiates that forward (checked against finite differences in double precision)."""
+    torch.manual_seed(0)
+    net = Small()
+    _train(net, 0)
+    net.widen({"conv1": 2, "fc": 2})
+    _train(net, 1)
+    net.double().eval()
+    assert net._eidetic.eras.records, "the widened layers must have eras"
+    x = _data(9, n=2)[:][0].double().requires_grad_()
+    for task in (0, 1):
+        assert torch.autograd.gradcheck(lambda inp, k=task: net.logits(inp, k), (x,))
