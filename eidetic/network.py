@@ -7,8 +7,6 @@ task: train, prune, freeze, recycle. Outputs of every finished task stay bitwise
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import logging
 import time
 import weakref
@@ -19,52 +17,32 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import CheckpointError, GraphError, TaskError
+from . import checkpoint
+from .errors import GraphError, TaskError
 from .evaluation.capacity import Capacity, measure_capacity
 from .evaluation.report import PruneStep, TaskReport
 from .graph import UnitGraph, discover, validate
 from .guarantee import phases
-from .guarantee.eras import Era, Eras, paused
+from .guarantee.eras import AlignedInputs, Era, paused
 from .guarantee.guard import Guard
-from .guarantee.masks import Mask, TaskMasks
+from .guarantee.masks import Mask
 from .guarantee.norm import FrozenNorms
 from .guarantee.ownership import Ownership
 from .guarantee.slices import head_columns, out_mask, row_owners
-from .guarantee.snapshot import Snapshot
-from .guarantee.widening import SavedModule, check_request, resize_body, touched
+from .guarantee.widening import check_request, resize_body, touched
+from .inference import predict as prediction
 from .inference.heads import TaskHeads
-from .inference.memory import Reservoir
-from .inference.routing import ClassMoments, Prediction, Routers, route
-from .training.data import as_loader, batches, first_inputs
+from .inference.routing import Prediction
+from .state import State
+from .training.data import as_loader, first_inputs
 from .training.pruning import GracefulPruning, Pruning, prune
 from .training.session import Callback, L1Penalty, Loss, Metric, TaskSession, accuracy
+from .transaction import Widening, transaction
 
 log = logging.getLogger("eidetic")
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 Data = DataLoader | Dataset
-_FORMAT = 1
-
-
-class _State:
-    """The continual state of a network (kept out of ``nn.Module``'s attribute machinery)."""
-
-    def __init__(self) -> None:
-        self.graph: UnitGraph | None = None
-        self.layers: dict[str, tuple[nn.Module, object]] = {}
-        self.ownership: Ownership | None = None
-        self.input_shape: tuple[int, ...] = ()
-        self.input_dtype: torch.dtype = torch.float32
-        self.frozen_tasks = 0
-        self.norms: FrozenNorms | None = None
-        self.routers = Routers()
-        self.eras = Eras()
-        self.masks = TaskMasks()
-        self.guard: Guard | None = None  # the guard in use (the task in training's, between tasks the last)
-        self.undo: list[_Widening] | None = None  # widenings inside the open transaction
-        self.replaced: dict[int, weakref.ref] = {}  # parameters that widen() replaced
-
-
 class ContinualNetwork(nn.Module):
     """A network that learns tasks one after another without forgetting any of them.
 
@@ -99,8 +77,8 @@ class ContinualNetwork(nn.Module):
         """
         super().__init__()
         self.heads = TaskHeads(shared=single_head)
-        self._eidetic = _State()
-        self.register_load_state_dict_post_hook(_after_load)
+        self._eidetic = State()
+        self.register_load_state_dict_post_hook(checkpoint.after_load)
 
     # ------------------------------------------------------------------ set-up
 
@@ -146,6 +124,7 @@ class ContinualNetwork(nn.Module):
         state.input_shape = tuple(example.shape[1:])
         state.input_dtype = example.dtype
         state.norms = FrozenNorms(state.layers)
+        state.inputs = AlignedInputs(state.layers)
         return graph
 
     def validate_graph(self, example: torch.Tensor | None = None) -> None:
@@ -204,19 +183,7 @@ class ContinualNetwork(nn.Module):
                 p = net.predict(x)
             p.task, p.label            # the task each input was routed to, and its class there
         """
-        tasks = self._eidetic.frozen_tasks
-        if tasks == 0:
-            raise TaskError("predict() needs at least one finished task")
-        features = self(x).flatten(1)
-        logits = [self.heads.output(features, k) for k in range(tasks)]
-        scores = self._eidetic.routers.choose(router, tasks).scores(features, logits)
-        prediction = route(scores, logits)
-        masked = [k for k in range(tasks) if self._eidetic.masks.has(k)]
-        for k in masked:  # a masked task's own pass, only for the inputs routed to it
-            rows = (prediction.task == k).nonzero().flatten()
-            if len(rows):
-                logits[k] = logits[k].index_copy(0, rows, self.heads.output(self._features(x[rows], k), k))
-        return route(scores, logits) if masked else prediction
+        return prediction.predict(self, x, router)
 
     def fit_router(self, data: Sequence[Data] | None = None, *, batch_size: int | None = None,
                    steps: int = 60, lr: float = 0.05) -> None:
@@ -235,30 +202,7 @@ class ContinualNetwork(nn.Module):
             net.fit_router()                          # on the exemplar memory
             net.fit_router([task0_data, task1_data], batch_size=256)
         """
-        state = self._eidetic
-        tasks = state.frozen_tasks
-        if data is None:
-            if len(state.routers.memory) < tasks or not state.routers.memory.complete():
-                raise TaskError("there are no exemplars of every task to fit the router on: train with "
-                                "memory=k > 0, or pass data=[...] (one dataset per task)")
-            inputs = [state.routers.memory.inputs[k] for k in range(tasks)]
-            data = [torch.utils.data.TensorDataset(x, torch.zeros(len(x))) for x in inputs]
-            batch_size = batch_size or 256
-        if len(data) != tasks:
-            raise TaskError(f"fit_router needs one dataset per finished task ({tasks}), got {len(data)}")
-        features, labels = [], []
-        was_training = self.training
-        self.eval()
-        with torch.no_grad():
-            for k, d in enumerate(data):
-                loader = as_loader(d, batch_size, shuffle=False, name=f"data[{k}]")
-                for x, _ in batches(loader, self._device(), f"data[{k}]"):
-                    features.append(self(x).flatten(1))
-                    labels.append(torch.full((len(x),), k, dtype=torch.long, device=x.device))
-        self.train(was_training)
-        state.routers.learned.steps, state.routers.learned.lr = steps, lr
-        frozen = head_columns(state.graph, state.ownership.masks("frozen"))
-        state.routers.learned.fit(torch.cat(features), torch.cat(labels), tasks, frozen)
+        prediction.fit_router(self, data, batch_size=batch_size, steps=steps, lr=lr)
 
     # ------------------------------------------------------------------ training
 
@@ -342,7 +286,7 @@ class ContinualNetwork(nn.Module):
         example = first_inputs(train_loader, "train_data")
         report = TaskReport(task=task, num_classes=num_classes)
         start = time.perf_counter()
-        with self._transaction(example, optimizer) as tx:
+        with transaction(self, example, optimizer) as tx:
             head = self.heads.add(self._eidetic.graph.feature_dim, num_classes, like=self._reference_tensor())
             self._begin_task(task, head)
             session = self._session(task, head, train_loader, val_loader, tx.optimizer(self._trainable(head)),
@@ -406,7 +350,7 @@ class ContinualNetwork(nn.Module):
         val_loader = None if val_data is None else as_loader(val_data, batch_size, shuffle=False, name="val_data")
         example = first_inputs(train_loader, "train_data")
         head = self.heads.head(task)
-        with self._transaction(example, optimizer) as tx:
+        with transaction(self, example, optimizer) as tx:
             session = self._session(task, head, train_loader, val_loader, tx.optimizer(self._trainable(head)),
                                     loss_fn, metric, clip_grad_norm, callbacks, progress)
             _, steps = prune(session, self._eidetic.layers, self._eidetic.graph, self._eidetic.ownership, pruning)
@@ -437,27 +381,8 @@ class ContinualNetwork(nn.Module):
         state.frozen_tasks += 1
         self._make_guard()
         if loader is not None:
-            self._remember(task, loader, memory)
+            prediction.remember(self, task, loader, memory)
         return counts
-
-    def _remember(self, task: int, loader: DataLoader, memory: int) -> None:
-        """One pass over the task's data: class moments of its features, and exemplars."""
-        state = self._eidetic
-        frozen = head_columns(state.graph, state.ownership.masks("frozen"))
-        num_classes = self.heads.classes[task]
-        moments = ClassMoments(num_classes, state.graph.feature_dim, self._device())
-        reservoir = Reservoir(memory)
-        was_training = self.training
-        self.eval()
-        with torch.no_grad():
-            for x, y in batches(loader, self._device(), "train_data"):
-                moments.add(self(x).flatten(1), y)
-                reservoir.add(x)
-        self.train(was_training)
-        exemplars = reservoir.sample() if memory else torch.empty(0, *state.input_shape, dtype=state.input_dtype)
-        state.routers.record(moments, frozen, exemplars)
-        if memory and state.routers.memory.complete() and len(state.routers.memory) == state.frozen_tasks:
-            self.fit_router()
 
     def recycle(self) -> int:
         """Re-initialise every free unit (pruned or unused) for the next task; returns how many.
@@ -481,11 +406,12 @@ class ContinualNetwork(nn.Module):
         ``units`` maps group keys (``net.graph.keys()``, the first layer producing the group, as
         :meth:`capacity` and ``graph.describe()`` show them) to how many units to add. Every layer
         producing the group grows (weight rows, biases, BatchNorm affine and fresh statistics, all
-        producers of a residual stream), every layer reading it gets input columns, zero in the
+        producers of a residual stream, the gate rows of a recurrent layer, whose hidden size grows
+        by the same number in every layer and direction), every layer reading it gets input columns, zero in the
         rows of frozen units. Every finished task's outputs stay bitwise identical; the free
         units, new and old, are re-initialised for the next task. Parameters are replaced by
         bigger ones: pass ``train_task`` an optimizer factory (an optimizer instance holding the
-        old parameters is refused). Recurrent layers cannot be widened yet.
+        old parameters is refused).
 
         Example::
 
@@ -505,7 +431,7 @@ class ContinualNetwork(nn.Module):
         graph = self._require_graph()
         added = check_request(graph, units)
         if added:
-            undo = _Widening(self)
+            undo = Widening(self)
             before = self._finished_outputs()
             try:
                 self._resize(added)
@@ -536,7 +462,7 @@ class ContinualNetwork(nn.Module):
     def _resize(self, added: dict[str, int]) -> None:
         state = self._eidetic
         graph, layers = state.graph, state.layers
-        names = [n for n in touched(graph, added) if layers[n][1].in_tensor is not None]
+        names = [n for n in touched(graph, added) if layers[n][1].input_size(layers[n][0])]  # layers reading units
         frozen = state.ownership.masks("frozen")
         eras = {n: out_mask(graph, n, frozen, layers[n][1].unit_count(layers[n][0])) for n in names}
         with paused():
@@ -550,7 +476,7 @@ class ContinualNetwork(nn.Module):
                 era.follow(resized.out_maps[name], resized.in_maps[name])
             if eras[name].any():
                 _, spec = layers[name]
-                sizes = {a: resized.saved[name].attributes[a] for a, _ in spec.size_attributes or ()}
+                sizes = {a: resized.saved[name].attributes[a] for a in spec.size_names()}
                 tasks = (state.eras.first_task(name), state.frozen_tasks)
                 state.eras.add(name, Era(sizes, resized.out_maps[name], resized.in_maps[name],
                                          eras[name].nonzero().flatten(), tasks))
@@ -633,71 +559,10 @@ class ContinualNetwork(nn.Module):
     # ------------------------------------------------------------------ persistence
 
     def get_extra_state(self) -> dict:
-        state = self._eidetic
-        if state.graph is None:
-            return {"format": _FORMAT}
-        return {
-            "format": _FORMAT,
-            "input_shape": list(state.input_shape),
-            "input_dtype": str(state.input_dtype).removeprefix("torch."),
-            "num_classes": list(self.heads.classes),
-            "single_head": self.heads.shared,
-            "frozen_tasks": state.frozen_tasks,
-            "groups": {g.key: g.size for g in state.graph},
-            "owners": {k: v.clone() for k, v in state.ownership.owner.items()},
-            "pruned": {k: v.clone() for k, v in state.ownership.pruned.items()},
-            "routers": state.routers.state(),
-            "eras": state.eras.state(),
-            "masks": state.masks.state(state.frozen_tasks),
-            "head_inputs": self.heads.input_state(),
-        }
+        return checkpoint.extra_state(self)
 
     def set_extra_state(self, extra: dict) -> None:
-        if not isinstance(extra, dict) or extra.get("format") != _FORMAT:
-            raise CheckpointError(f"unknown eidetic checkpoint format {extra!r:.80}")
-        state = self._eidetic
-        if "input_shape" not in extra:
-            if state.graph is not None:
-                raise CheckpointError("this checkpoint was saved before any task was trained; load it "
-                                      "into a fresh network")
-            return
-        shape = tuple(extra["input_shape"])
-        dtype = getattr(torch, extra["input_dtype"])
-        created = state.graph is None
-        if created:
-            self.setup(_synthetic_example(shape, dtype, self._device()))
-        sizes = {g.key: g.size for g in state.graph}
-        wider = {k: extra["groups"][k] - n for k, n in sizes.items()} if sizes.keys() == extra["groups"].keys() else {}
-        if shape == state.input_shape and wider and min(wider.values()) >= 0 and max(wider.values()) > 0:
-            self._widen(wider)  # the checkpoint was saved after widen(): grow to its width first
-            sizes = {g.key: g.size for g in state.graph}
-        if shape != state.input_shape or sizes != extra["groups"]:
-            if created:
-                self._forget_graph()
-            raise CheckpointError(f"the checkpoint (inputs {shape}, unit groups {extra['groups']}) does not match "
-                                  f"this network (inputs {state.input_shape}, unit groups {sizes}): it was saved "
-                                  "from a different architecture")
-        if extra["single_head"] != self.heads.shared:
-            raise CheckpointError(f"the checkpoint was saved with single_head={extra['single_head']}, this network "
-                                  f"has single_head={self.heads.shared}")
-        while self.heads.num_tasks:
-            self.heads.drop_last()
-        inputs = extra.get("head_inputs", {})
-        for task, num_classes in enumerate(extra["num_classes"]):
-            width = self.heads.width(task, state.graph.feature_dim, inputs)
-            self.heads.add(width, num_classes, like=self._reference_tensor())
-        for task, positions in inputs.items():
-            self.heads.register_buffer(f"inputs_{task}", positions.to(self._device()), persistent=False)
-        state.eras.load(extra.get("eras", {}))
-        state.masks.load(extra.get("masks", {}))
-        state.frozen_tasks = extra["frozen_tasks"]
-        for t in range(state.frozen_tasks):  # masks are placeholders until the state dict fills them
-            self.heads.freeze(t, torch.zeros(state.graph.feature_dim))
-        for key in sizes:
-            state.ownership.owner[key].copy_(extra["owners"][key])
-            state.ownership.pruned[key].copy_(extra["pruned"][key])
-        state.routers.load(extra["routers"])
-        state.routers.apply(lambda t: t.to(self._device()))
+        checkpoint.load_extra_state(self, extra)
 
     def _apply(self, fn, recurse=True):
         result = super()._apply(fn, recurse)
@@ -723,7 +588,7 @@ class ContinualNetwork(nn.Module):
 
     def _example(self) -> torch.Tensor:
         state = self._eidetic
-        return _synthetic_example(state.input_shape, state.input_dtype, self._device())
+        return checkpoint.synthetic_example(state.input_shape, state.input_dtype, self._device())
 
     def _check_new_task(self, task) -> None:
         if not isinstance(task, int) or isinstance(task, bool) or task < 0:
@@ -765,54 +630,14 @@ class ContinualNetwork(nn.Module):
             progress=progress, penalty=penalty, features=lambda x: self._features(x, task),
         )
 
-    @contextlib.contextmanager
-    def _transaction(self, example: torch.Tensor, optimizer):
-        """Set up on first use, and put everything back if the body of the block fails."""
-        state = self._eidetic
-        created = state.graph is None
-        if created:
-            self.setup(example)
-        try:
-            if tuple(example.shape[1:]) != state.input_shape:
-                raise TaskError(f"inputs of shape {tuple(example.shape[1:])} (per sample) do not fit the "
-                                f"network, which was set up with inputs of shape {state.input_shape}")
-            snapshot = Snapshot(self, self._make_guard(), state.ownership)
-        except BaseException:
-            if created:
-                self._forget_graph()
-            raise
-        heads, frozen, training = self.num_tasks, state.frozen_tasks, self.training
-        routers, masks = state.routers.checkpoint(), state.masks.checkpoint()
-        tx = _OptimizerTransaction(optimizer, state.replaced)
-        state.undo = []
-        try:
-            yield tx
-            self.train(training)
-        except BaseException:
-            self.train(training)
-            for widening in reversed(state.undo):
-                widening.restore()
-            while self.num_tasks > heads:
-                self.heads.drop_last()
-            state.frozen_tasks = frozen
-            state.routers.rollback(routers)
-            state.masks.rollback(masks)
-            snapshot.restore()
-            tx.rollback()
-            if created:
-                self._forget_graph()
-            else:
-                self._make_guard()
-            raise
-        finally:
-            state.undo = None
-
     def _forget_graph(self) -> None:
         state = self._eidetic
         if state.norms is not None:
             state.norms.remove()
+        if state.inputs is not None:
+            state.inputs.remove()
         state.eras.remove(state.layers)
-        self._eidetic = _State()
+        self._eidetic = State()
 
 
 class Wrapped(ContinualNetwork):
@@ -840,88 +665,6 @@ class Wrapped(ContinualNetwork):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
-
-
-class _Widening:
-    """What a widening changes, to put back if it (or the task around it) fails."""
-
-    def __init__(self, net: ContinualNetwork) -> None:
-        state = net._eidetic
-        self.net = net
-        self.graph, self.layers, self.ownership = state.graph, state.layers, state.ownership
-        self.eras = state.eras.copy()
-        self.masks = state.masks.checkpoint()
-        self.routers = state.routers.state()
-        heads = [net.heads, *net.heads]
-        self.modules = [SavedModule.of(m) for m, _ in state.layers.values()] + [SavedModule.of(h) for h in heads]
-
-    def restore(self) -> None:
-        state = self.net._eidetic
-        for saved in self.modules:
-            saved.restore()
-        state.graph, state.layers, state.ownership = self.graph, self.layers, self.ownership
-        state.eras.records = self.eras
-        state.masks.rollback(self.masks)
-        state.routers.load(self.routers)
-        self.net._make_guard()
-
-
-class _OptimizerTransaction:
-    """Builds the task's optimizer; on rollback, puts a user's optimizer back as it was."""
-
-    def __init__(self, optimizer, replaced: dict[int, weakref.ref]) -> None:
-        self.source = optimizer
-        self.replaced = replaced
-        self.added: list[dict] = []
-        self.instance: torch.optim.Optimizer | None = None
-        self.saved: dict | None = None
-
-    def optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        opt = self.source if isinstance(self.source, torch.optim.Optimizer) else None
-        if opt is None:
-            if not callable(self.source):
-                raise TaskError("optimizer must be a function params -> torch.optim.Optimizer, or an Optimizer")
-            opt = self.source(params)
-            if not isinstance(opt, torch.optim.Optimizer):
-                raise TaskError(f"the optimizer factory returned {type(opt).__name__}, not a "
-                                "torch.optim.Optimizer")
-        held = {id(p) for group in opt.param_groups for p in group["params"]}
-        stale = [p for group in opt.param_groups for p in group["params"]
-                 if (old := self.replaced.get(id(p))) is not None and old() is p]
-        if stale:
-            raise TaskError("the optimizer holds parameters that widen() replaced by bigger ones, so it would "
-                            "not train the network's parameters. Pass a factory instead, e.g. optimizer=lambda "
-                            "params: torch.optim.AdamW(params, lr=1e-3), and eidetic builds it for the new ones.")
-        self.saved = copy.deepcopy(opt.state_dict())
-        missing = [p for p in params if id(p) not in held]
-        if missing:
-            opt.add_param_group({"params": missing})
-            self.added.append(opt.param_groups[-1])
-            log.debug("added %d parameters (the new head) to the optimizer", len(missing))
-        self.instance = opt
-        return opt
-
-    def rollback(self) -> None:
-        if self.instance is None:
-            return
-        added = {id(group) for group in self.added}
-        self.instance.param_groups[:] = [g for g in self.instance.param_groups if id(g) not in added]
-        for group in self.added:
-            for p in group["params"]:
-                self.instance.state.pop(p, None)
-        self.instance.load_state_dict(self.saved)
-
-
-def _after_load(module: ContinualNetwork, incompatible) -> None:
-    if module._eidetic.graph is not None:
-        module._make_guard()  # capture the loaded frozen values
-
-
-def _synthetic_example(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    if dtype.is_floating_point:
-        gen = torch.Generator().manual_seed(0)
-        return torch.randn((2, *shape), generator=gen, dtype=dtype).to(device)
-    return torch.zeros((2, *shape), dtype=dtype, device=device)
 
 
 def _check_int(name: str, value, minimum: int) -> None:

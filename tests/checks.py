@@ -120,15 +120,28 @@ def _position_keys(net, module: str, size: int, side: str) -> list[tuple]:
     position that holds no unit."""
     keys: list[tuple | None] = [None] * size
     for group in net.graph:
+        ids = _unit_ids(net, group)
         for slot in getattr(group, side):
             if slot.module != module:
                 continue
             seen: dict[int, int] = {}
             for unit, position in sorted(zip(slot.units.tolist(), slot.index.tolist())):
-                keys[position] = (group.key, unit, seen.get(unit, 0))
+                keys[position] = (group.key, ids[unit], seen.get(unit, 0))
                 seen[unit] = seen.get(unit, 0) + 1
     raw = iter(range(size))
     return [key if key is not None else ("raw", next(raw)) for key in keys]
+
+
+def _unit_ids(net, group) -> list[tuple[str, int]]:
+    """A name for each unit of ``group`` that widening does not change: its block of the anchor
+    layer (a layer and direction of a recurrent module) and its place in that block."""
+    module, spec = net._eidetic.layers[group.key]
+    anchor = next(s for s in group.outs if s.module == group.key)
+    ids = [("", -1)] * group.size
+    for unit, position in zip(anchor.units.tolist(), anchor.index.tolist()):
+        label, first = next((b[0], b[1]) for b in spec.unit_blocks(module) if b[1] <= position < b[2])
+        ids[unit] = (label, position - first)
+    return ids
 
 
 def unit_state(net) -> dict[tuple[str, str], tuple[list, list | None, torch.Tensor]]:
@@ -142,18 +155,35 @@ def unit_state(net) -> dict[tuple[str, str], tuple[list, list | None, torch.Tens
         owned = (owner != FREE).nonzero().flatten()
         for tensor_name, dim, index, which in spec.producer_slices(module, owned):
             tensor = getattr(module, tensor_name).detach()
-            row_keys = [rows[int(owned[w])] for w in which.tolist()]
+            seen: dict[tuple, int] = {}
+            row_keys = []
+            for w in which.tolist():  # a unit may own several rows (the gates of a recurrent layer)
+                key = rows[int(owned[w])]
+                row_keys.append((*key, seen.get(key, 0)))
+                seen[key] = seen.get(key, 0) + 1
             order = sorted(range(len(row_keys)), key=lambda i: (row_keys[i], i))
             values = tensor.index_select(dim, index[order]).movedim(dim, 0)
-            columns = None
-            if tensor_name == spec.in_tensor and spec.groups == 1 and not hasattr(spec, "gates"):
-                columns = _position_keys(net, name, spec.input_size(module), "ins")
-                in_dim = spec.in_dim if spec.in_dim > dim else spec.in_dim + 1
+            columns, in_dim = _columns(net, name, module, spec, tensor_name, dim)
+            if columns is not None:
                 col_order = sorted(range(len(columns)), key=lambda i: columns[i])
                 values = values.index_select(in_dim, torch.tensor(col_order, dtype=torch.long))
                 columns = [columns[i] for i in col_order]
             state[(name, tensor_name)] = ([row_keys[i] for i in order], columns, values.clone())
     return state
+
+
+def _columns(net, name, module, spec, tensor_name, dim) -> tuple[list | None, int]:
+    """Keys of the input positions read along the columns of ``tensor_name``, and the dim of
+    those columns once the unit dim is moved first (``None`` if the tensor reads no units)."""
+    keys = _position_keys(net, name, spec.input_size(module), "ins")
+    if hasattr(spec, "gates"):  # a recurrent layer: each weight reads a range of input positions
+        for block_name, _, _, first, width in spec._blocks():
+            if block_name == tensor_name:
+                return keys[first: first + width], 1
+        return None, 0
+    if tensor_name == spec.in_tensor and spec.groups == 1:
+        return keys, spec.in_dim if spec.in_dim > dim else spec.in_dim + 1
+    return None, 0
 
 
 def assert_same_units(net, earlier: dict) -> None:
@@ -165,8 +195,8 @@ def assert_same_units(net, earlier: dict) -> None:
         pick = [new_rows.index(r) for r in rows]
         current = new_values.index_select(0, torch.tensor(pick, dtype=torch.long))
         if columns is not None:
-            spec = net._eidetic.layers[key[0]][1]
-            in_dim = spec.in_dim if spec.in_dim > spec.out_dim_of(key[1]) else spec.in_dim + 1
+            module, spec = net._eidetic.layers[key[0]]
+            _, in_dim = _columns(net, key[0], module, spec, key[1], spec.out_dim_of(key[1]))
             keep = [new_columns.index(c) for c in columns]
             old = set(columns)
             extra = [i for i, c in enumerate(new_columns) if c not in old]

@@ -8,7 +8,9 @@ Run a deeper search with ``pytest tests/test_masks.py --hypothesis-profile=deep`
 
 from __future__ import annotations
 
+import contextlib
 import io
+from typing import ClassVar
 
 import pytest
 import torch
@@ -20,8 +22,9 @@ from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
 import eidetic
-from checks import all_logits, assert_resistance, assert_same_units, unit_state
 from eidetic.guarantee.masks import pack, unpack
+
+from checks import all_logits, assert_resistance, assert_same_units, unit_state
 from models import CNN, MLP, input_shape
 from strategies import cnn_specs, mlp_specs, optimizers, runs
 
@@ -43,7 +46,7 @@ def random_mask(parameter: torch.Tensor, kind: str, generator: torch.Generator) 
 class RandomMasks:
     """Mixin: the tasks in ``masked`` get random masks over every weight of the body."""
 
-    masked: dict[int, tuple[int, str]] = {}
+    masked: ClassVar[dict[int, tuple[int, str]]] = {}
 
     def _begin_task(self, task, head):
         if task not in self.masked:
@@ -95,10 +98,8 @@ def run_masked(family, spec, optimizer, plans, seed, masked, widen) -> None:
         states.append(unit_state(net))
         if t in widen:
             keys = net.graph.keys()
-            try:
+            with contextlib.suppress(eidetic.UnsupportedLayerError):  # a refusal changes nothing
                 net.widen({keys[widen[t] % len(keys)]: 2})
-            except eidetic.UnsupportedLayerError:
-                pass
             now = all_logits(net, fixed)
             assert all(torch.equal(now[k], logits[k]) for k in range(t + 1)), "a widening moved a task"
 

@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_recurrent import SeqNet, recurrent_specs, sequences
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import eidetic
+
 from checks import all_logits, assert_resistance, assert_same_units, unit_state
 from models import CNN, MLP, ConcatNet, ResNet, input_shape
 from strategies import OptimizerChoice, cnn_specs, concat_specs, mlp_specs, optimizers, resnet_specs, runs
@@ -243,14 +245,6 @@ def test_widen_refuses_layers_it_cannot_grow():
         def forward(self, x):
             return self.scaled(F.relu(self.fc(x)))
 
-    class Recurrent(eidetic.ContinualNetwork):
-        def __init__(self):
-            super().__init__()
-            self.fc, self.lstm = nn.Linear(5, 4), nn.LSTM(4, 3, batch_first=True)
-
-        def forward(self, x):
-            return self.lstm(F.relu(self.fc(x)))[0][:, -1]
-
     class Grouped(eidetic.ContinualNetwork):
         def __init__(self):
             super().__init__()
@@ -260,7 +254,6 @@ def test_widen_refuses_layers_it_cannot_grow():
             return self.conv2(F.relu(self.conv1(x))).flatten(1)
 
     for net, shape, group, match in [(Custom(), (5,), "fc", "module 'scaled' .*size_attributes"),
-                                     (Recurrent(), (2, 5), "fc", "recurrent module 'lstm'"),
                                      (Grouped(), (2, 4, 4), "conv1", "module 'conv2' .*grouped convolution")]:
         net.setup(torch.randn(2, *shape))
         with pytest.raises(eidetic.UnsupportedLayerError, match=match):
@@ -339,3 +332,28 @@ def test_era_outputs_have_the_gradient_of_what_the_forward_computes():
     x = _data(9, n=2)[:][0].double().requires_grad_()
     for task in (0, 1):
         assert torch.autograd.gradcheck(lambda inp, k=task: net.logits(inp, k), (x,))
+
+
+@given(spec=recurrent_specs, optimizer=optimizers(), plans=runs, seed=seeds, amounts=amounts)
+@examples
+def test_widened_recurrent_net_never_forgets(spec, optimizer, plans, seed, amounts):
+    """LSTM, GRU and RNN, stacked and bidirectional, packed or padded: the hidden size grows by the
+    same number of units in every layer and direction; an embedding before it grows too."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    net = SeqNet(spec)
+    fixed = sequences(6, 2, g).tensors[0]
+    blocks = spec["layers"] * (2 if spec["bidirectional"] else 1)
+    logits, states = [], []
+    for t, plan in enumerate(plans[:3]):
+        loader = DataLoader(sequences(plan.samples, plan.classes, g), batch_size=plan.batch_size, shuffle=True)
+        net.train_task(t, loader, num_classes=plan.classes, optimizer=optimizer.factory(), epochs=plan.epochs,
+                       pruning=plan.pruning, clip_grad_norm=plan.clip, progress=False)
+        logits.append(all_logits(net, fixed)[t])
+        _check_unchanged(net, fixed, logits, states, dropout=False)
+        states.append(unit_state(net))
+        request = {key: n * blocks if key == "rnn" else n
+                   for i, n in amounts[t] for key in [net.graph.keys()[i % len(net.graph)]]}
+        grown = net.widen(request)
+        assert grown["rnn"] == net.rnn.hidden_size * blocks
+        _check_unchanged(net, fixed, logits, states, dropout=False)

@@ -206,6 +206,36 @@ class LayerSpec:
             maps.append((self.in_dim, in_map, inputs // self.groups))
         return maps
 
+    def size_names(self) -> tuple[str, ...]:
+        """The module attributes :meth:`resize` changes."""
+        return tuple(name for name, _ in self.size_attributes or ())
+
+    # Eras (see ``eidetic/guarantee/eras.py``): the layer at an earlier shape.
+
+    def sliced(self, name: str, tensor: torch.Tensor, rows: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Tensor ``name`` (or a tensor broadcastable to it) cut to an earlier shape: ``rows`` are
+        today's positions of that shape's units, ``inputs`` of its input positions."""
+        for tensor_name, dim in self.out_tensors:
+            if tensor_name == name and tensor.shape[dim] != 1:
+                tensor = tensor.index_select(dim, rows.to(tensor.device))
+        if name == self.in_tensor and tensor.shape[self.in_dim] != 1:
+            tensor = tensor.index_select(self.in_dim, inputs.to(tensor.device))
+        return tensor
+
+    def era_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """An era's cached copy of a tensor as the layer's kernels must see it (as it is, here)."""
+        return tensor
+
+    def era_input(self, args, inputs: torch.Tensor, units: int) -> torch.Tensor:
+        """The layer's input at an earlier shape: the positions ``inputs`` of today's input."""
+        x = args[0]
+        return x.index_select(self.in_unit_dim % x.dim(), inputs.to(x.device))
+
+    def overwrite(self, output, old, now: torch.Tensor, then: torch.Tensor):
+        """``output`` with the units at positions ``now`` taken from ``old`` at ``then``."""
+        dim = self.out_unit_dim % output.dim()
+        return output.index_copy(dim, now.to(output.device), old.index_select(dim, then.to(output.device)))
+
     # Scoring (see ``eidetic/training/scoring.py``).
 
     def scored(self, tensor_name: str) -> bool:

@@ -21,13 +21,14 @@ unit appears in the final hidden state (and, for an LSTM, the final cell state) 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .layers import LayerSpec, ProducerSlice
+from .layers import LayerSpec, ProducerSlice, replace_grown
 
 _GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}
 
@@ -123,6 +124,132 @@ class RecurrentSpec(LayerSpec):
     def scored(self, tensor_name: str) -> bool:
         return tensor_name.startswith("weight_")
 
+    # -- widening (see ``eidetic/guarantee/widening.py`` and ``eras.py``) -------------------
+
+    def widened_positions(self, module: nn.Module, added: int) -> torch.Tensor:
+        """Every layer and direction gets ``added / (layers * directions)`` hidden units, after
+        its existing ones: unit ``(b, j)`` moves from ``b * H + j`` to ``b * H' + j``."""
+        blocks = self.layers * self.directions
+        if added % blocks:
+            raise ValueError(f"its {self.layers} layer(s) x {self.directions} direction(s) share one hidden size: "
+                             f"widen it by a multiple of {blocks}, not {added}")
+        position = torch.arange(self.unit_count(module))
+        return position + (position // self.hidden) * (added // blocks)
+
+    def size_names(self) -> tuple[str, ...]:
+        return ("hidden_size", "input_size")
+
+    def grown_layout(self, name: str, out_map: torch.Tensor, units: int, in_map: torch.Tensor,
+                     inputs: int) -> list[tuple[int, torch.Tensor, int]]:
+        new = self._resized(units, inputs)
+        k, d = self._layer_of(name)
+        rows = self._gate_rows(out_map, k, d, new.hidden)
+        layout = [(0, rows, self.gates * new.hidden)]
+        if name.startswith("weight_"):
+            first, width = self._columns(name, k, d)
+            new_first, new_width = new._columns(name, k, d)
+            layout.append((1, in_map[first: first + width] - new_first, new_width))
+        return layout
+
+    def resize(self, module: nn.Module, out_map: torch.Tensor, units: int, in_map: torch.Tensor | None,
+               inputs: int) -> None:
+        if in_map is None:  # external inputs stay; the module's own units move with them
+            in_map = torch.cat([torch.arange(self.inputs), inputs - units + out_map])
+        for name, _ in module.named_parameters(recurse=False):
+            replace_grown(module, name, self.grown_layout(name, out_map, units, in_map, inputs))
+        new = self._resized(units, inputs)
+        module.hidden_size, module.input_size = new.hidden, new.inputs
+        module._init_flat_weights()  # the module's own list of its weights follows
+
+    def sliced(self, name: str, tensor: torch.Tensor, rows: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """The rows and columns of an earlier shape (``rows``: now-positions of its units in order,
+        ``inputs``: of its input positions) of tensor ``name`` (which has today's layout)."""
+        blocks = self.layers * self.directions
+        hidden = len(rows) // blocks
+        k, d = self._layer_of(name)
+        start = (k * self.directions + d) * hidden
+        units = rows[start: start + hidden] - (k * self.directions + d) * self.hidden
+        gate_rows = (torch.arange(self.gates)[:, None] * self.hidden + units[None, :]).flatten()
+        if tensor.shape[0] != 1:
+            tensor = tensor.index_select(0, gate_rows.to(tensor.device))
+        if name.startswith("weight_") and tensor.shape[1] != 1:
+            old = self._resized(len(rows), len(inputs))
+            first, width = old._columns(name, k, d)
+            new_first, _ = self._columns(name, k, d)
+            tensor = tensor.index_select(1, (inputs[first: first + width] - new_first).to(tensor.device))
+        return tensor
+
+    def era_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The CPU recurrent kernels take another code path (and round differently) when no weight
+        requires a gradient, so an era's copies require one, as the module's own weights do; the
+        gradients they collect are dropped."""
+        tensor = tensor.requires_grad_(True)
+        tensor.register_post_accumulate_grad_hook(_drop_grad)
+        return tensor
+
+    def _resized(self, units: int, inputs: int) -> RecurrentSpec:
+        hidden = units // (self.layers * self.directions)
+        return dataclasses.replace(self, hidden=hidden, inputs=inputs - units)
+
+    def _layer_of(self, name: str) -> tuple[int, int]:
+        stem = name.removesuffix("_reverse")
+        return int(stem.rsplit("_l", 1)[1]), int(name.endswith("_reverse"))
+
+    def _gate_rows(self, out_map: torch.Tensor, k: int, d: int, hidden: int) -> torch.Tensor:
+        """New rows of the gate rows of layer ``k``, direction ``d`` (old row order)."""
+        block = k * self.directions + d
+        units = out_map[block * self.hidden: (block + 1) * self.hidden] - block * hidden
+        return (torch.arange(self.gates)[:, None] * hidden + units[None, :]).flatten()
+
+    def _columns(self, name: str, k: int, d: int) -> tuple[int, int]:
+        """``(first input position, width)`` read by weight ``name``."""
+        for tensor_name, _, _, first, width in self._blocks():
+            if tensor_name == name:
+                return first, width
+        raise KeyError(name)
+
+    def overwrite(self, output, old, now: torch.Tensor, then: torch.Tensor):
+        """``output`` with the units at positions ``now`` taken from ``old`` (the module at an
+        earlier shape) at positions ``then``: in the output sequence and the final states."""
+        sequence, state = output
+        old_sequence, old_state = old
+        blocks = self.layers * self.directions
+        old_hidden = old_state[0].shape[-1] if isinstance(old_state, tuple) else old_state.shape[-1]
+        last_now, last_then = (blocks - self.directions) * self.hidden, (blocks - self.directions) * old_hidden
+        top = now >= last_now
+        data, old_data = self._rows_view(sequence), self._rows_view(old_sequence)
+        data = data.index_copy(-1, (now[top] - last_now).to(data.device),
+                               old_data.index_select(-1, (then[top] - last_then).to(data.device)))
+        if isinstance(sequence, PackedSequence):
+            sequence = sequence._replace(data=data)
+        else:
+            sequence = data.reshape(*sequence.shape[:-1], data.shape[-1])
+
+        def states(mine, theirs):
+            flat = mine.permute(1, 0, 2).reshape(mine.shape[1], -1)
+            source = theirs.permute(1, 0, 2).reshape(theirs.shape[1], -1)
+            flat = flat.index_copy(1, now.to(flat.device), source.index_select(1, then.to(flat.device)))
+            return flat.reshape(mine.shape[1], mine.shape[0], mine.shape[2]).permute(1, 0, 2)
+
+        if isinstance(state, tuple):
+            state = tuple(states(a, b) for a, b in zip(state, old_state))
+        else:
+            state = states(state, old_state)
+        return sequence, state
+
+    def era_input(self, args, inputs: torch.Tensor, units: int):
+        """The module's input at an earlier shape (of ``units`` units): its external inputs."""
+        x = args[0]
+        if len(args) > 1 and args[1] is not None:
+            from ..errors import UnsupportedLayerError
+
+            raise UnsupportedLayerError("a widened recurrent layer computes its frozen units at their old width and "
+                                        "cannot take an initial state: call it without one")
+        external = inputs[: len(inputs) - units]
+        if isinstance(x, PackedSequence):
+            return x._replace(data=x.data.index_select(-1, external.to(x.data.device)))
+        return x.index_select(-1, external.to(x.device))
+
     # -- activations ------------------------------------------------------------------------
 
     def _samples_of_rows(self, value, batch: int) -> torch.Tensor:
@@ -174,6 +301,10 @@ class RecurrentSpec(LayerSpec):
         state = output[1][0] if isinstance(output[1], tuple) else output[1]
         internal = state.detach().abs().double().mean(dim=1).reshape(-1)
         return torch.cat([external, internal])
+
+
+def _drop_grad(tensor: torch.Tensor) -> None:
+    tensor.grad = None
 
 
 def recurrent_spec(module: nn.RNNBase) -> RecurrentSpec:

@@ -18,6 +18,13 @@ output is recorded by autograd, so gradients are those of what the forward compu
 Layers that compute each unit on its own (BatchNorm, depthwise convolutions, embeddings) do not
 need eras: their per-unit results do not depend on the number of units.
 
+The rounding of a matrix product also depends on where its input sits in memory (MKL's kernels
+take other paths for an input that does not start on a 64-byte boundary, such as the view
+``h_n[-1]`` of a recurrent layer's final state), and widening moves such views. So every layer
+that reads units, from set-up on, is given its input as a fresh aligned, contiguous tensor when
+it is not one already (:class:`AlignedInputs`; a copy only for such views), and an era's input
+is one too.
+
 The cost: one extra, smaller evaluation of a widened layer per era, in every forward pass.
 """
 
@@ -61,30 +68,21 @@ class Era:
 
     def cache(self, module: nn.Module, spec: LayerSpec) -> None:
         """Copy the era's slices of the layer's tensors (their frozen rows never change)."""
-        self.tensors = {name: self._slice(spec, name, getattr(module, name).detach()).contiguous()
+        self.tensors = {name: spec.era_tensor(spec.sliced(name, getattr(module, name).detach(), self.rows,
+                                                          self.inputs).contiguous())
                         for name in spec.tensor_names()}
 
-    def output(self, module: nn.Module, spec: LayerSpec, x: torch.Tensor,
-               masks: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """The layer at the era's shape on the era's inputs of ``x`` (with ``masks``, a task's
+    def output(self, module: nn.Module, spec: LayerSpec, args: tuple, masks: dict[str, torch.Tensor] | None = None):
+        """The layer at the era's shape on the era's inputs of ``args`` (with ``masks``, a task's
         masks over the layer's tensors at today's shape, applied to the era's tensors)."""
-        x = x.index_select(spec.in_unit_dim % x.dim(), self.inputs.to(x.device))
+        x = spec.era_input(args, self.inputs, len(self.rows))
         tensors = self.tensors
         if masks:
             tensors = dict(tensors)
             for name, mask in masks.items():
-                tensors[name] = tensors[name] * self._slice(spec, name, mask).to(tensors[name].dtype)
+                tensors[name] = tensors[name] * spec.sliced(name, mask, self.rows, self.inputs).to(tensors[name].dtype)
         with _substituted(module, tensors, self.sizes):
             return type(module).forward(module, x)
-
-    def _slice(self, spec: LayerSpec, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """``tensor`` (today's shape, or broadcastable to it) cut to the era's rows and inputs."""
-        for tensor_name, dim in spec.out_tensors:
-            if tensor_name == name and tensor.shape[dim] != 1:
-                tensor = tensor.index_select(dim, self.rows.to(tensor.device))
-        if name == spec.in_tensor and tensor.shape[spec.in_dim] != 1:
-            tensor = tensor.index_select(spec.in_dim, self.inputs.to(tensor.device))
-        return tensor
 
     def state(self) -> dict:
         return {"sizes": dict(self.sizes), "rows": self.rows, "inputs": self.inputs, "frozen": self.frozen,
@@ -105,12 +103,16 @@ def _substituted(module: nn.Module, tensors: dict[str, torch.Tensor], sizes: dic
             saved[name][0][name] = tensor
         for name, value in sizes.items():
             setattr(module, name, value)
+        if hasattr(module, "_init_flat_weights"):  # a recurrent module reads its own list of weights
+            module._init_flat_weights()
         yield
     finally:
         for name, (store, tensor) in saved.items():
             store[name] = tensor
         for name, value in saved_sizes.items():
             setattr(module, name, value)
+        if hasattr(module, "_init_flat_weights"):
+            module._init_flat_weights()
 
 
 def _era_hook(module: nn.Module, args, output):
@@ -118,7 +120,6 @@ def _era_hook(module: nn.Module, args, output):
     if not eras or _paused:
         return None
     name, spec, records = eras
-    dim = spec.out_unit_dim % output.dim()
     masked = active()
     if masked is not None:  # a masked task's pass: the layer at the shape it had when the task ended
         task, masks = masked
@@ -126,11 +127,10 @@ def _era_hook(module: nn.Module, args, output):
         if era is None:
             return None
         mine = {t: masks[f"{name}.{t}"] for t in spec.tensor_names() if f"{name}.{t}" in masks}
-        return output.index_copy(dim, era.rows.to(output.device), era.output(module, spec, args[0], mine))
+        every = torch.arange(len(era.rows))
+        return spec.overwrite(output, era.output(module, spec, args, mine), era.rows, every)
     for era in records:
-        old = era.output(module, spec, args[0])
-        frozen = era.frozen.to(output.device)
-        output = output.index_copy(dim, era.rows.to(output.device)[frozen], old.index_select(dim, frozen))
+        output = spec.overwrite(output, era.output(module, spec, args), era.rows[era.frozen], era.frozen)
     return output
 
 
@@ -200,3 +200,34 @@ class Eras:
 
     def load(self, state: dict[str, list[dict]]) -> None:
         self.records = {name: [Era.from_state(s) for s in records] for name, records in state.items()}
+
+
+ALIGNMENT = 64  # bytes
+
+
+def aligned(x):
+    """``x`` itself if it is a contiguous tensor starting on a 64-byte boundary, else such a copy."""
+    if not isinstance(x, torch.Tensor) or (x.is_contiguous() and x.data_ptr() % ALIGNMENT == 0):
+        return x
+    return x.clone(memory_format=torch.contiguous_format)
+
+
+def _aligned_input(module: nn.Module, args):
+    if args and isinstance(args[0], torch.Tensor) and not _paused:
+        first = aligned(args[0])
+        if first is not args[0]:
+            return (first, *args[1:])
+    return None
+
+
+class AlignedInputs:
+    """Forward pre-hooks giving every layer that reads units an aligned, contiguous input."""
+
+    def __init__(self, layers: dict[str, tuple[nn.Module, LayerSpec]]) -> None:
+        self._handles = [module.register_forward_pre_hook(_aligned_input)
+                         for module, spec in layers.values() if spec.input_size(module)]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []

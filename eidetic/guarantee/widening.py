@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import GraphError, TaskError, UnsupportedLayerError
-from ..graph import FEATURES, Layers, LayerSpec, RecurrentSpec, UnitGraph
+from ..graph import FEATURES, Layers, LayerSpec, UnitGraph
 from .ownership import Ownership
 
 
@@ -118,21 +118,13 @@ def check_widenable(layers: Layers, graph: UnitGraph, added: dict[str, int]) -> 
                     "and new input channels would change which group reads which channel. Only ungrouped and "
                     "depthwise convolutions can follow a widened group."
                 )
-            per_unit = slot.units.bincount(minlength=group.size)
-            if not bool((per_unit == per_unit[0]).all()):
+            if new_positions(layers, group, slot, n) is None:
                 raise UnsupportedLayerError(
                     f"cannot widen group '{key}': {label} reads its units through different numbers of inputs, so "
                     "the number of inputs of a new unit is not known."
                 )
     for name in touched(graph, added):
         module, spec = layers[name]
-        if isinstance(spec, RecurrentSpec):
-            raise UnsupportedLayerError(
-                f"cannot widen: recurrent module '{name}' ({type(module).__name__}) produces or reads a widened group. "
-                "Its fused kernels round differently at another hidden or input size, so its frozen units would "
-                "not stay bitwise identical; widening recurrent layers is not supported yet. Widen the layers "
-                "that do not touch it."
-            )
         if not _resizable(spec):
             raise UnsupportedLayerError(
                 f"cannot widen: module '{name}' ({type(module).__name__}) would have to grow, but its LayerSpec "
@@ -140,6 +132,21 @@ def check_widenable(layers: Layers, graph: UnitGraph, added: dict[str, int]) -> 
                 "naming the attributes that hold its sizes (size_attributes=() if none), or override "
                 "LayerSpec.resize."
             )
+
+
+def new_positions(layers: Layers, group, slot, added: int) -> int | None:
+    """How many positions of ``slot``'s module ``added`` new units of ``group`` take: each new
+    unit as many as the old units of its block (a recurrent group has one block per layer and
+    direction, the new units spread evenly over them); ``None`` if a block's units differ."""
+    blocks = group.blocks(layers)
+    per_unit = slot.units.bincount(minlength=group.size)
+    total = 0
+    for _, units in blocks:
+        counts = per_unit[units]
+        if not bool((counts == counts[0]).all()):
+            return None
+        total += int(counts[0]) * (added // len(blocks))
+    return total
 
 
 def touched(graph: UnitGraph, added: dict[str, int]) -> list[str]:
@@ -155,7 +162,7 @@ def _grown_sizes(layers: Layers, graph: UnitGraph, added: dict[str, int], name: 
     inputs = spec.input_size(module)
     for group, slot in graph.in_slots(name):
         if group.key in added:
-            inputs += added[group.key] * len(slot.index) // group.size
+            inputs += new_positions(layers, group, slot, added[group.key])
     return spec.widened_positions(module, n), spec.unit_count(module) + n, inputs
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import TaskError
 from ..graph.layers import grown, replace_grown
+from ..guarantee.eras import aligned
 
 HeadSlice = tuple[str, str, torch.Tensor, int, torch.Tensor]  # module, tensor name, tensor, dim, index
 
@@ -63,8 +64,9 @@ class TaskHeads(nn.ModuleList):
     def output(self, features: torch.Tensor, task: int) -> torch.Tensor:
         """Task ``task``'s logits from the body's flattened features."""
         inputs = getattr(self, f"inputs_{task}", None)
-        if inputs is not None:  # a finished task from before a widening: its own width
-            features = features.index_select(1, inputs)
+        # A finished task from before a widening reads its own width; either way the features are
+        # laid out in memory as after a widening (see eidetic/guarantee/eras.py).
+        features = aligned(features) if inputs is None else features.index_select(1, inputs)
         if not self.shared:
             return self[task](features)
         mask = getattr(self, f"mask_{task}", None)

@@ -1,0 +1,136 @@
+"""Transactions of a :class:`~eidetic.ContinualNetwork`: ``train_task`` and ``prune_until`` run
+inside :func:`transaction`, which puts the network (its weights, heads, frozen tasks, routers,
+masks and widenings) and a user's optimizer back as they were if the task fails."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import weakref
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from .errors import TaskError
+from .guarantee.snapshot import Snapshot
+from .guarantee.widening import SavedModule
+
+if TYPE_CHECKING:
+    from .network import ContinualNetwork
+
+log = logging.getLogger("eidetic")
+
+
+@contextlib.contextmanager
+def transaction(net: ContinualNetwork, example: torch.Tensor, optimizer):
+    """Set up on first use, and put everything back if the body of the block fails."""
+    state = net._eidetic
+    created = state.graph is None
+    if created:
+        net.setup(example)
+    try:
+        if tuple(example.shape[1:]) != state.input_shape:
+            raise TaskError(f"inputs of shape {tuple(example.shape[1:])} (per sample) do not fit the "
+                            f"network, which was set up with inputs of shape {state.input_shape}")
+        snapshot = Snapshot(net, net._make_guard(), state.ownership)
+    except BaseException:
+        if created:
+            net._forget_graph()
+        raise
+    heads, frozen, training = net.num_tasks, state.frozen_tasks, net.training
+    routers, masks = state.routers.checkpoint(), state.masks.checkpoint()
+    tx = OptimizerTransaction(optimizer, state.replaced)
+    state.undo = []
+    try:
+        yield tx
+        net.train(training)
+    except BaseException:
+        net.train(training)
+        for widening in reversed(state.undo):
+            widening.restore()
+        while net.num_tasks > heads:
+            net.heads.drop_last()
+        state.frozen_tasks = frozen
+        state.routers.rollback(routers)
+        state.masks.rollback(masks)
+        snapshot.restore()
+        tx.rollback()
+        if created:
+            net._forget_graph()
+        else:
+            net._make_guard()
+        raise
+    finally:
+        state.undo = None
+
+
+class Widening:
+    """What a widening changes, to put back if it (or the task around it) fails."""
+
+    def __init__(self, net: ContinualNetwork) -> None:
+        state = net._eidetic
+        self.net = net
+        self.graph, self.layers, self.ownership = state.graph, state.layers, state.ownership
+        self.eras = state.eras.copy()
+        self.masks = state.masks.checkpoint()
+        self.routers = state.routers.state()
+        heads = [net.heads, *net.heads]
+        self.modules = [SavedModule.of(m) for m, _ in state.layers.values()] + [SavedModule.of(h) for h in heads]
+
+    def restore(self) -> None:
+        state = self.net._eidetic
+        for saved in self.modules:
+            saved.restore()
+        state.graph, state.layers, state.ownership = self.graph, self.layers, self.ownership
+        state.eras.records = self.eras
+        state.masks.rollback(self.masks)
+        state.routers.load(self.routers)
+        self.net._make_guard()
+
+
+class OptimizerTransaction:
+    """Builds the task's optimizer; on rollback, puts a user's optimizer back as it was."""
+
+    def __init__(self, optimizer, replaced: dict[int, weakref.ref]) -> None:
+        self.source = optimizer
+        self.replaced = replaced
+        self.added: list[dict] = []
+        self.instance: torch.optim.Optimizer | None = None
+        self.saved: dict | None = None
+
+    def optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        opt = self.source if isinstance(self.source, torch.optim.Optimizer) else None
+        if opt is None:
+            if not callable(self.source):
+                raise TaskError("optimizer must be a function params -> torch.optim.Optimizer, or an Optimizer")
+            opt = self.source(params)
+            if not isinstance(opt, torch.optim.Optimizer):
+                raise TaskError(f"the optimizer factory returned {type(opt).__name__}, not a "
+                                "torch.optim.Optimizer")
+        held = {id(p) for group in opt.param_groups for p in group["params"]}
+        stale = [p for group in opt.param_groups for p in group["params"]
+                 if (old := self.replaced.get(id(p))) is not None and old() is p]
+        if stale:
+            raise TaskError("the optimizer holds parameters that widen() replaced by bigger ones, so it would "
+                            "not train the network's parameters. Pass a factory instead, e.g. optimizer=lambda "
+                            "params: torch.optim.AdamW(params, lr=1e-3), and eidetic builds it for the new ones.")
+        self.saved = copy.deepcopy(opt.state_dict())
+        missing = [p for p in params if id(p) not in held]
+        if missing:
+            opt.add_param_group({"params": missing})
+            self.added.append(opt.param_groups[-1])
+            log.debug("added %d parameters (the new head) to the optimizer", len(missing))
+        self.instance = opt
+        return opt
+
+    def rollback(self) -> None:
+        if self.instance is None:
+            return
+        added = {id(group) for group in self.added}
+        self.instance.param_groups[:] = [g for g in self.instance.param_groups if id(g) not in added]
+        for group in self.added:
+            for p in group["params"]:
+                self.instance.state.pop(p, None)
+        self.instance.load_state_dict(self.saved)
