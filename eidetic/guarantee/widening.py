@@ -125,6 +125,12 @@ def check_widenable(layers: Layers, graph: UnitGraph, added: dict[str, int]) -> 
                 )
     for name in touched(graph, added):
         module, spec = layers[name]
+        if spec.groups != 1:
+            raise UnsupportedLayerError(
+                f"cannot widen: module '{name}' ({type(module).__name__}) is a grouped convolution ({spec.groups} "
+                "groups) producing or reading a widened group, and new channels would change which group reads "
+                "which channel. Only ungrouped and depthwise convolutions can be widened."
+            )
         if not _resizable(spec):
             raise UnsupportedLayerError(
                 f"cannot widen: module '{name}' ({type(module).__name__}) would have to grow, but its LayerSpec "
