@@ -224,12 +224,6 @@ def resize_body(layers: Layers, graph: UnitGraph, ownership: Ownership, added: d
                    dict(zip(names, saved)))
 
 
-def _position_table(slot, size: int) -> torch.Tensor:
-    table = torch.full((size,), -1, dtype=torch.long)
-    table[slot.index] = slot.units
-    return table
-
-
 def unit_maps(old: UnitGraph, new: UnitGraph, added: dict[str, int],
               anchors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``{group: new unit number of every old unit}``, followed through the group's anchor
