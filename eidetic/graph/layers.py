@@ -27,6 +27,7 @@ Register a custom layer once, before the first ``train_task``::
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,6 +47,7 @@ __all__ = [
     "register_layer",
     "replace_grown",
     "spec_of",
+    "substituted",
 ]
 
 
@@ -260,6 +262,31 @@ def grown(tensor: torch.Tensor, maps: list[tuple[int, torch.Tensor, int]]) -> to
         shape[dim] = size
         out = out.new_zeros(shape).index_copy_(dim, index.to(out.device), out)
     return out
+
+
+@contextlib.contextmanager
+def substituted(module: nn.Module, tensors: dict[str, torch.Tensor], sizes: dict[str, int] | None = None):
+    """Inside the block, ``module``'s own parameters or buffers named in ``tensors`` are those
+    tensors (any tensor, a computed one included) and its attributes in ``sizes`` those values."""
+    sizes = sizes or {}
+    saved = {name: (module._parameters if name in module._parameters else module._buffers, getattr(module, name))
+             for name in tensors}
+    saved_sizes = {name: getattr(module, name) for name in sizes}
+    try:
+        for name, tensor in tensors.items():
+            saved[name][0][name] = tensor
+        for name, value in sizes.items():
+            setattr(module, name, value)
+        if hasattr(module, "_init_flat_weights"):  # a recurrent module reads its own list of weights
+            module._init_flat_weights()
+        yield
+    finally:
+        for name, (store, tensor) in saved.items():
+            store[name] = tensor
+        for name, value in saved_sizes.items():
+            setattr(module, name, value)
+        if hasattr(module, "_init_flat_weights"):
+            module._init_flat_weights()
 
 
 def replace_grown(module: nn.Module, name: str, maps: list[tuple[int, torch.Tensor, int]]) -> None:

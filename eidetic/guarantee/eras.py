@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from ..graph import LayerSpec
+from ..graph.layers import substituted
 from .masks import active
 
 _ATTR = "_eidetic_eras"
@@ -83,7 +84,7 @@ class Era:
             tensors = dict(tensors)
             for name, mask in masks.items():
                 tensors[name] = tensors[name] * spec.sliced(name, mask, self.rows, self.inputs).to(tensors[name].dtype)
-        with _substituted(module, tensors, self.sizes):
+        with substituted(module, tensors, self.sizes):
             return type(module).forward(module, x)
 
     def state(self) -> dict:
@@ -93,28 +94,6 @@ class Era:
     @classmethod
     def from_state(cls, state: dict) -> Era:
         return cls(dict(state["sizes"]), state["rows"], state["inputs"], state["frozen"], tuple(state["tasks"]))
-
-
-@contextlib.contextmanager
-def _substituted(module: nn.Module, tensors: dict[str, torch.Tensor], sizes: dict[str, int]):
-    saved = {name: (module._parameters if name in module._parameters else module._buffers, getattr(module, name))
-             for name in tensors}
-    saved_sizes = {name: getattr(module, name) for name in sizes}
-    try:
-        for name, tensor in tensors.items():
-            saved[name][0][name] = tensor
-        for name, value in sizes.items():
-            setattr(module, name, value)
-        if hasattr(module, "_init_flat_weights"):  # a recurrent module reads its own list of weights
-            module._init_flat_weights()
-        yield
-    finally:
-        for name, (store, tensor) in saved.items():
-            store[name] = tensor
-        for name, value in saved_sizes.items():
-            setattr(module, name, value)
-        if hasattr(module, "_init_flat_weights"):
-            module._init_flat_weights()
 
 
 def _era_hook(module: nn.Module, args, output):

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import TaskError
-from ..graph.layers import grown
+from ..graph.layers import grown, substituted
 from .ownership import FREE, OWNER_DTYPE
 
 Mask = torch.Tensor | Callable[[], torch.Tensor]
@@ -107,21 +107,20 @@ class TaskMasks:
         """Compute ``body`` with task ``task``'s masks inside the block."""
         global _active
         values = self.values(task)
-        swapped = []
+        masked: dict[str, dict[str, torch.Tensor]] = {}
+        for name, mask in values.items():
+            module_name, _, tensor_name = name.rpartition(".")
+            original = body.get_submodule(module_name)._parameters[tensor_name]
+            masked.setdefault(module_name, {})[tensor_name] = original * self._factor(mask, original)
         previous = _active
-        try:
-            for name, mask in values.items():
-                module_name, _, tensor_name = name.rpartition(".")
-                module = body.get_submodule(module_name)
-                original = module._parameters[tensor_name]
-                swapped.append((module, tensor_name, original))
-                module._parameters[tensor_name] = original * self._factor(mask, original)
+        with contextlib.ExitStack() as stack:
+            for module_name, tensors in masked.items():
+                stack.enter_context(substituted(body.get_submodule(module_name), tensors))
             _active = (task, values)
-            yield
-        finally:
-            _active = previous
-            for module, tensor_name, original in reversed(swapped):
-                module._parameters[tensor_name] = original
+            try:
+                yield
+            finally:
+                _active = previous
 
     def freeze(self, task: int, row_owner: Callable[[str], torch.Tensor]) -> None:
         """End task ``task``: binarise its masks, and give it the entries it released."""
