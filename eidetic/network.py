@@ -474,10 +474,11 @@ class ContinualNetwork(nn.Module):
                 eras[name][covered] = False
             for era in state.eras.records.get(name, []):
                 era.follow(resized.out_maps[name], resized.in_maps[name])
-            if eras[name].any():
+            tasks = (state.eras.first_task(name), state.frozen_tasks)
+            # an era for the units frozen since the last one, or for masked tasks that ended at this shape
+            if eras[name].any() or any(state.masks.has(k) for k in range(*tasks)):
                 _, spec = layers[name]
                 sizes = {a: resized.saved[name].attributes[a] for a in spec.size_names()}
-                tasks = (state.eras.first_task(name), state.frozen_tasks)
                 state.eras.add(name, Era(sizes, resized.out_maps[name], resized.in_maps[name],
                                          eras[name].nonzero().flatten(), tasks))
         state.graph, state.layers, state.ownership = resized.graph, resized.layers, resized.ownership

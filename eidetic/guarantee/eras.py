@@ -111,7 +111,8 @@ def _era_hook(module: nn.Module, args, output):
         every = torch.arange(len(era.rows))
         return spec.overwrite(output, era.output(module, spec, args, mine), era.rows, every)
     for era in records:
-        output = spec.overwrite(output, era.output(module, spec, args), era.rows[era.frozen], era.frozen)
+        if len(era.frozen):  # an era kept only for masked tasks has nothing to give the shared pass
+            output = spec.overwrite(output, era.output(module, spec, args), era.rows[era.frozen], era.frozen)
     return output
 
 
