@@ -238,3 +238,14 @@ def test_masked_pass_gradients_after_a_widening():
     net.double().eval()
     x = _data(9, n=3)[:][0].double().requires_grad_()
     assert torch.autograd.gradcheck(lambda inp: net.logits(inp, 0), (x,))
+
+
+def test_a_masked_task_keeps_its_shape_when_a_covered_layer_is_widened_again():
+    """Found by the property above: a layer whose frozen units an older era already covers is
+    widened again; the masked task that ended in between must still see it at its own shape."""
+    from strategies import OptimizerChoice, TaskPlan
+
+    spec = {"in": 3, "widths": [4, 7, 2], "bn": True, "act": "gelu", "dropout": 0.25, "single_head": False}
+    sgd = OptimizerChoice("SGD", (("lr", 0.01), ("momentum", 0.9), ("nesterov", False), ("weight_decay", 0.0)), False)
+    plans = [TaskPlan(classes=2, samples=16, batch_size=8, epochs=1, pruning=None, clip=None)] * 2
+    run_masked(MLP, spec, sgd, plans, 0, {1: (1, "unit")}, {0: 0, 1: 0})
