@@ -18,6 +18,9 @@ from .evaluation.runs import Evaluation, Results, Task, TaskEvaluation, evaluate
 from .graph import LayerSpec, UnitGraph, register_layer
 from .guarantee.ownership import FREE
 from .inference.routing import ConfidenceRouter, FeatureStatsRouter, LearnedRouter, Prediction
+from .mixins.cpg import CPGMixin
+from .mixins.growing import Growing
+from .mixins.picking import Picking
 from .network import ContinualNetwork, Wrapped
 from .training.pruning import GracefulPruning, Pruning
 from .training.scoring import ScoringContext, register_importance
@@ -27,6 +30,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FREE",
+    "CPGMixin",
+    "Growing",
+    "Picking",
     "Callback",
     "GracefulPruning",
     "ConfidenceRouter",

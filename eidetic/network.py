@@ -36,7 +36,7 @@ from .inference.routing import Prediction
 from .state import State
 from .training.data import as_loader, first_inputs
 from .training.pruning import GracefulPruning, Pruning, prune
-from .training.session import Callback, L1Penalty, Loss, Metric, TaskSession, accuracy
+from .training.session import Callback, L1Penalty, Loss, Metric, Plan, TaskSession, accuracy
 from .transaction import Widening, transaction
 
 log = logging.getLogger("eidetic")
@@ -125,6 +125,8 @@ class ContinualNetwork(nn.Module):
         state.input_dtype = example.dtype
         state.norms = FrozenNorms(state.layers)
         state.inputs = AlignedInputs(state.layers)
+        state.initial_sizes = {g.key: g.size for g in graph}
+        state.initial_parameters = sum(p.numel() for p in self._body_parameters().values())
         return graph
 
     def validate_graph(self, example: torch.Tensor | None = None) -> None:
@@ -289,23 +291,23 @@ class ContinualNetwork(nn.Module):
         with transaction(self, example, optimizer) as tx:
             head = self.heads.add(self._eidetic.graph.feature_dim, num_classes, like=self._reference_tensor())
             self._begin_task(task, head)
-            session = self._session(task, head, train_loader, val_loader, tx.optimizer(self._trainable(head)),
-                                    loss_fn, metric, clip_grad_norm, callbacks, progress, l1)
-            sched = scheduler(session.optimizer) if scheduler is not None else None
-            report.epochs = session.fit(epochs, early_stopping, sched)
-            report.seconds["train"] = time.perf_counter() - start
-            if pruning is not None:
-                report.reference_metric, report.prune_steps = prune(
-                    session, self._eidetic.layers, self._eidetic.graph, self._eidetic.ownership, pruning)
-            report.seconds["prune"] = time.perf_counter() - start - report.seconds["train"]
-            monitor = pruning.monitor if pruning is not None else "train"
-            report.final_metric = session.monitored(monitor)
+
+            def build() -> tuple[TaskSession, object]:
+                session = self._session(task, head, train_loader, val_loader, tx.optimizer(self._trainable(head)),
+                                        loss_fn, metric, clip_grad_norm, callbacks, progress, l1)
+                return session, scheduler(session.optimizer) if scheduler is not None else None
+
+            plan = Plan(build, report, epochs, early_stopping, pruning,
+                        pruning.monitor if pruning is not None else "train", start)
+            session = self._learn(plan)
+            report.final_metric = session.monitored(plan.monitor)
             if val_loader is not None:
                 report.val_metric = session.evaluate(val_loader, "val_data")
             if finish:
                 report.units = self.freeze(task, train_loader, memory=memory)
                 self.recycle()
             report.free_units = self._eidetic.ownership.free_counts()
+            report.parameters = self.parameter_count()
         report.seconds["total"] = time.perf_counter() - start
         report.seconds["finish"] = report.seconds["total"] - report.seconds["train"] - report.seconds["prune"]
         log.info("%s", report)
@@ -459,6 +461,17 @@ class ContinualNetwork(nn.Module):
                 state.undo.append(undo)
         return {g.key: g.size for g in state.graph}
 
+    def _undo_widening(self) -> None:
+        """Undo the last widening of the open task (``_widen`` inside ``train_task``): a mixin's
+        growth step over its budget, or a return to an earlier, better attempt."""
+        state = self._eidetic
+        if not state.undo:
+            raise TaskError("no widening of the open task to undo")
+        state.undo.pop().restore()
+        current = {id(p) for p in self.parameters()}
+        for key in [k for k, ref in state.replaced.items() if k in current and ref() is not None]:
+            del state.replaced[key]
+
     def _resize(self, added: dict[str, int]) -> None:
         state = self._eidetic
         graph, layers = state.graph, state.layers
@@ -502,6 +515,20 @@ class ContinualNetwork(nn.Module):
             self.train(training)
 
     # ------------------------------------------------------------------ task masks (for mixins)
+
+    def _learn(self, plan: Plan) -> TaskSession:
+        """Train and prune the task in training (called by ``train_task`` inside its transaction,
+        after :meth:`_begin_task`); returns the session the task ended in. Mixins override it to
+        change how a task is learned (attempts, growth), calling ``plan.build()`` for a session
+        over the network's current parameters."""
+        session, scheduler = plan.build()
+        plan.report.epochs = session.fit(plan.epochs, plan.early_stopping, scheduler)
+        plan.report.seconds["train"] = time.perf_counter() - plan.start
+        if plan.pruning is not None:
+            plan.report.reference_metric, plan.report.prune_steps = prune(
+                session, self._eidetic.layers, self._eidetic.graph, self._eidetic.ownership, plan.pruning)
+        plan.report.seconds["prune"] = time.perf_counter() - plan.start - plan.report.seconds["train"]
+        return session
 
     def _begin_task(self, task: int, head: nn.Linear) -> None:
         """Called by ``train_task`` once the task's head exists, before training: the place for a
@@ -556,6 +583,27 @@ class ContinualNetwork(nn.Module):
         state = self._eidetic
         heads = [self.heads.reads(k, state.graph.feature_dim) for k in range(state.frozen_tasks)]
         return measure_capacity(state.layers, self._require_graph(), state.ownership, heads)
+
+    def parameter_count(self) -> int:
+        """Number of parameter entries of the network: the body and every task's head (task
+        masks are not parameters; they take 1 bit per entry, see ``mask_bits()``).
+
+        Example::
+
+            net.parameter_count()                  # 201,482
+        """
+        return sum(p.numel() for p in self.parameters())
+
+    def mask_bits(self) -> int:
+        """Bits that the finished tasks' masks take in a checkpoint (1 per entry).
+
+        Example::
+
+            net.parameter_count() + net.mask_bits() / 32   # the size in float32 parameters
+        """
+        masks = self._eidetic.masks.masks
+        return sum(m.numel() for k in range(self._eidetic.frozen_tasks) for m in masks.get(k, {}).values()
+                   if isinstance(m, torch.Tensor))
 
     # ------------------------------------------------------------------ persistence
 

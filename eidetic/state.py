@@ -40,3 +40,5 @@ class State:
         self.guard: Guard | None = None  # the guard in use (the task in training's, between tasks the last)
         self.undo: list[Widening] | None = None  # widenings inside the open transaction
         self.replaced: dict[int, weakref.ref] = {}  # parameters that widen() replaced
+        self.initial_sizes: dict[str, int] = {}  # unit groups' sizes at set-up, before any widening
+        self.initial_parameters = 0  # the body's parameter entries at set-up

@@ -47,6 +47,14 @@ class TaskReport:
         units: ``{group: units the task owns}`` for the units it newly froze.
         free_units: ``{group: units left free for later tasks}``.
         seconds: wall time per phase (``train``, ``prune``, ``finish``, ``total``).
+        parameters: parameter entries of the network at the end of the task (body and heads).
+        goal: the accuracy goal the task was trained to (mixins such as ``CPGMixin``), or ``None``.
+        goal_met: whether the kept attempt's monitored metric reached ``goal`` (``None`` without one).
+        attempts: the monitored metric of each training attempt before pruning (one per growth step
+            of a growing mixin; one without).
+        kept_attempt: the index in ``attempts`` of the attempt the task kept.
+        grown: ``{group: units added}`` during the task (growing mixins).
+        picked: ``{layer: fraction of its frozen weights the task's mask keeps}`` (picking mixins).
     """
 
     task: int
@@ -59,6 +67,13 @@ class TaskReport:
     units: dict[str, int] = field(default_factory=dict)
     free_units: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    parameters: int | None = None
+    goal: float | None = None
+    goal_met: bool | None = None
+    attempts: list[float] = field(default_factory=list)
+    kept_attempt: int | None = None
+    grown: dict[str, int] = field(default_factory=dict)
+    picked: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dictionary."""
@@ -75,4 +90,8 @@ class TaskReport:
         accepted = sum(s.accepted for s in self.prune_steps)
         parts.append(f"{accepted}/{len(self.prune_steps)} pruning step(s) kept")
         parts.append(f"{kept} units frozen, {free} free")
+        if self.grown:
+            parts.append(f"grown {self.grown}")
+        if self.goal is not None:
+            parts.append(f"goal {self.goal:g} {'met' if self.goal_met else 'missed'}")
         return ", ".join(parts)

@@ -174,11 +174,16 @@ def group_blocks(layers, graph: UnitGraph) -> dict[str, list[torch.Tensor]]:
 
 
 def prune_until(session: TaskSession, layers, graph: UnitGraph, ownership: Ownership, config: Pruning,
-                reference: float | None = None) -> tuple[float, list[PruneStep]]:
-    """Run the pruning loop; return the reference metric and every step taken."""
+                reference: float | None = None, floor: float | None = None) -> tuple[float, list[PruneStep]]:
+    """Run the pruning loop; return the reference metric and every step taken.
+
+    A step is kept while the monitored metric stays at or above ``floor``; by default
+    ``reference * (1 - config.tolerance)``.
+    """
     if reference is None:
         reference = session.monitored(config.monitor)
-    floor = reference * (1.0 - config.tolerance)
+    if floor is None:
+        floor = reference * (1.0 - config.tolerance)
     snapshot = Snapshot(session.body, session.guard, ownership)
     strategy = importance(config.method)
     blocks = group_blocks(layers, graph)
@@ -258,8 +263,15 @@ def _quantiles(ownership: Ownership, scores: dict[str, torch.Tensor]) -> list[fl
 
 
 def prune(session: TaskSession, layers, graph: UnitGraph, ownership: Ownership,
-          config: Pruning | GracefulPruning) -> tuple[float, list[PruneStep]]:
-    """Run the pruning that ``config`` describes; return the reference metric and the steps."""
+          config: Pruning | GracefulPruning, goal: float | None = None) -> tuple[float, list[PruneStep]]:
+    """Run the pruning that ``config`` describes; return the reference metric and the steps.
+
+    With an accuracy ``goal`` (iterative pruning only), steps are kept while the metric stays at
+    or above it; if the trained task is already below the goal, within ``config.tolerance`` of
+    what it reached.
+    """
     if isinstance(config, GracefulPruning):
         return graceful_prune(session, layers, graph, ownership, config)
-    return prune_until(session, layers, graph, ownership, config)
+    reference = session.monitored(config.monitor)
+    floor = None if goal is None or reference < goal else goal
+    return prune_until(session, layers, graph, ownership, config, reference, floor)

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import NonFiniteLossError, TaskError
-from ..evaluation.report import EpochStats
+from ..evaluation.report import EpochStats, TaskReport
 from ..guarantee.guard import Guard
 from ..guarantee.slices import out_mask
 from .data import batches
@@ -276,3 +276,22 @@ def _length(loader: DataLoader) -> int | None:
         return len(loader)
     except TypeError:
         return None
+
+
+@dataclass
+class Plan:
+    """How ``train_task`` asked for the open task to be learned, for ``ContinualNetwork._learn``.
+
+    ``build()`` returns a fresh :class:`TaskSession` (a new optimizer from the user's factory)
+    over the network's current parameters, with its LR scheduler or ``None``: call it again
+    after widening. ``monitor`` is the data the task's metric is measured on (``"train"`` or
+    ``"val"``); ``start`` is the ``time.perf_counter()`` at which the task began.
+    """
+
+    build: Callable[[], tuple[TaskSession, object]]
+    report: TaskReport
+    epochs: int
+    early_stopping: int | None
+    pruning: object  # Pruning | GracefulPruning | None
+    monitor: str
+    start: float

@@ -1,0 +1,185 @@
+"""CPG (Hung et al., NeurIPS 2019) as a mixin: compacting, picking, growing.
+
+Each task is learned in up to three moves on top of the base's phases:
+
+1. **Pick** (tasks with frozen weights to read): a learnable binary mask over the frozen
+   weights the task reads, trained jointly with the free units (:mod:`.picking`).
+2. **Grow**, if the monitored metric misses ``goal``: widen the network by a step
+   (:mod:`.growing`), re-initialise the free units and the head, and try again; stop at the
+   maximum width and keep the best attempt.
+3. **Compact**: the base's structured pruning loop, keeping steps while the goal holds.
+
+The task then freezes as any other: it owns its units, and its mask is stored at 1 bit per entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..errors import GraphError, TaskError
+from ..guarantee import phases
+from ..training.pruning import Pruning, prune
+from ..training.session import Plan, TaskSession
+from .growing import Growing
+from .picking import Picker, Picking
+
+log = logging.getLogger("eidetic")
+
+
+@dataclass
+class _Attempt:
+    metric: float
+    epochs: list
+    widenings: int  # widenings of the open task made before this attempt
+    grown: dict[str, int]
+    picks: tuple | None
+
+
+class CPGMixin:
+    """Compacting, picking and growing (CPG) for a :class:`~eidetic.ContinualNetwork`.
+
+    Put it before the base class; the network's ``__init__`` and ``forward`` stay as they are.
+    ``train_task`` gains ``goal``, ``picking`` and ``growing``; see docs/cpg.md.
+
+    Example::
+
+        class Net(eidetic.CPGMixin, eidetic.ContinualNetwork):
+            def __init__(self):
+                super().__init__()
+                self.fc1, self.fc2 = nn.Linear(784, 64), nn.Linear(64, 64)
+
+            def forward(self, x):
+                return F.relu(self.fc2(F.relu(self.fc1(x.flatten(1)))))
+
+        net = Net()
+        for t, (train, val) in enumerate(tasks):
+            report = net.train_task(t, train, val_data=val, num_classes=5, epochs=10, goal=0.8,
+                                    optimizer=lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9))
+            print(report.grown, report.picked)
+    """
+
+    def train_task(self, task: int, train_data, *, goal: float | None = None,
+                   picking: Picking | None = Picking(), growing: Growing | None = Growing(), **kwargs):
+        """Learn a task with CPG's moves; the other arguments are the base's ``train_task``'s.
+
+        Args:
+            goal: the accuracy goal on the monitored data (validation data when given, else the
+                training data), in [0, 1]. Growth happens while the task misses it, and pruning
+                keeps its steps while the metric stays at or above it. ``None``: no growth, and
+                pruning keeps its relative ``tolerance``.
+            picking: the picking mask's configuration, or ``None`` to read old units unmasked.
+            growing: the growth configuration, or ``None`` never to grow.
+
+        Returns:
+            a :class:`~eidetic.TaskReport` with ``goal``, ``goal_met``, ``attempts``,
+            ``kept_attempt``, ``grown`` and ``picked`` filled in.
+        """
+        if goal is not None and (isinstance(goal, bool) or not isinstance(goal, (int, float))
+                                 or not 0.0 <= goal <= 1.0):
+            raise TaskError(f"goal={goal!r}: the accuracy goal is a number in [0, 1], or None")
+        if picking is not None and not isinstance(picking, Picking):
+            raise TaskError(f"picking must be an eidetic.Picking or None, got {type(picking).__name__}")
+        if growing is not None and not isinstance(growing, Growing):
+            raise TaskError(f"growing must be an eidetic.Growing or None, got {type(growing).__name__}")
+        if goal is not None and growing is not None and isinstance(kwargs.get("optimizer"), torch.optim.Optimizer):
+            raise TaskError("growing replaces the network's parameters by bigger ones, which an optimizer instance "
+                            "does not hold: pass a factory (optimizer=lambda params: torch.optim.SGD(params, "
+                            "lr=1e-2)), or growing=None")
+        self._cpg = (goal, picking, growing)
+        try:
+            return super().train_task(task, train_data, **kwargs)
+        finally:
+            self._cpg = None
+
+    def _settings(self) -> tuple[float | None, Picking | None, Growing | None]:
+        return getattr(self, "_cpg", None) or (None, Picking(), None)
+
+    def _begin_task(self, task: int, head) -> None:
+        super()._begin_task(task, head)
+        _, picking, growing = self._settings()
+        state = self._eidetic
+        if growing is not None:
+            growing.request(state.graph, state.layers, state.initial_sizes)  # refuse what cannot grow, now
+        self._picker = None
+        if picking is not None:
+            self._picker = Picker(self, picking)
+            self._picker.check()
+            self._picker.start()
+
+    def _learn(self, plan: Plan) -> TaskSession:
+        goal, _, growing = self._settings()
+        state, report, picker = self._eidetic, plan.report, self._picker
+        attempts: list[_Attempt] = []
+        grown: dict[str, int] = {}
+        while True:
+            session, scheduler = plan.build()
+            if goal is not None:
+                plan.monitor = "val" if session.val_loader is not None else "train"
+            if picker is not None:
+                session.callbacks = [*session.callbacks, picker.callback]
+            epochs = session.fit(plan.epochs, plan.early_stopping, scheduler)
+            metric = session.monitored(plan.monitor)
+            attempts.append(_Attempt(metric, epochs, len(state.undo), dict(grown),
+                                     None if picker is None else picker.save()))
+            log.info("task %d: attempt %d reaches %.4f (goal %s)", plan.report.task, len(attempts), metric, goal)
+            if goal is None or metric >= goal or growing is None or not self._grow(growing, grown):
+                break
+        kept = max(range(len(attempts)), key=lambda i: attempts[i].metric)
+        if kept != len(attempts) - 1:
+            while len(state.undo) > attempts[kept].widenings:
+                self._undo_widening()
+            if picker is not None:
+                picker.load(attempts[kept].picks)
+            session, _ = plan.build()
+        if goal is not None and attempts[kept].metric < goal:
+            log.warning("task %d: goal %.4f missed at the maximum width (best metric %.4f); kept attempt %d of %d",
+                        report.task, goal, attempts[kept].metric, kept + 1, len(attempts))
+        report.epochs, report.attempts, report.kept_attempt = attempts[kept].epochs, [a.metric for a in attempts], kept
+        report.goal, report.grown = goal, {k: n for k, n in attempts[kept].grown.items() if n}
+        report.goal_met = None if goal is None else attempts[kept].metric >= goal
+        report.seconds["train"] = time.perf_counter() - plan.start
+        if picker is not None:
+            picker.stop()
+            report.picked = picker.picked()
+        if plan.pruning is not None:
+            pruning = plan.pruning
+            if goal is not None and isinstance(pruning, Pruning):
+                pruning = replace(pruning, monitor=plan.monitor)
+            report.reference_metric, report.prune_steps = prune(
+                session, state.layers, state.graph, state.ownership, pruning, goal)
+        report.seconds["prune"] = time.perf_counter() - plan.start - report.seconds["train"]
+        return session
+
+    def _grow(self, growing: Growing, grown: dict[str, int]) -> bool:
+        """One growth step within the budget; re-initialises the free units, the head and the
+        picking scores for the next attempt. Returns whether the network grew."""
+        state = self._eidetic
+        request = growing.request(state.graph, state.layers, state.initial_sizes)
+        if not request:
+            return False
+        try:
+            self._widen(request)
+        except GraphError as error:
+            log.warning("task %d: cannot grow further: %s", self.num_tasks - 1, error)
+            return False
+        body = sum(p.numel() for p in self._body_parameters().values())
+        if body > growing.max_ratio * state.initial_parameters:
+            self._undo_widening()
+            log.info("task %d: growing by %s would take the body to %d parameters, past %.2fx its %d at set-up",
+                     self.num_tasks - 1, request, body, growing.max_ratio, state.initial_parameters)
+            return False
+        for key, n in request.items():
+            grown[key] = grown.get(key, 0) + n
+        phases.reinitialize(state.layers, state.graph, state.ownership.masks("free"))
+        state.guard.restore()
+        head = self.heads.head(self.num_tasks - 1)
+        if not self.heads.shared:
+            head.reset_parameters()
+        if self._picker is not None:
+            self._picker.start()
+        return True
+
