@@ -468,9 +468,7 @@ class ContinualNetwork(nn.Module):
         if not state.undo:
             raise TaskError("no widening of the open task to undo")
         state.undo.pop().restore()
-        current = {id(p) for p in self.parameters()}
-        for key in [k for k, ref in state.replaced.items() if k in current and ref() is not None]:
-            del state.replaced[key]
+        state.restored(self.parameters())
 
     def _resize(self, added: dict[str, int]) -> None:
         state = self._eidetic

@@ -42,3 +42,10 @@ class State:
         self.replaced: dict[int, weakref.ref] = {}  # parameters that widen() replaced
         self.initial_sizes: dict[str, int] = {}  # unit groups' sizes at set-up, before any widening
         self.initial_parameters = 0  # the body's parameter entries at set-up
+
+    def restored(self, parameters) -> None:
+        """``parameters`` are the network's again (a widening was undone): no longer replaced."""
+        for param in parameters:
+            ref = self.replaced.get(id(param))
+            if ref is not None and ref() is param:
+                del self.replaced[id(param)]

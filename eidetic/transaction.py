@@ -50,6 +50,7 @@ def transaction(net: ContinualNetwork, example: torch.Tensor, optimizer):
         net.train(training)
         for widening in reversed(state.undo):
             widening.restore()
+        state.restored(net.parameters())
         while net.num_tasks > heads:
             net.heads.drop_last()
         state.frozen_tasks = frozen

@@ -189,7 +189,13 @@ ALIGNMENT = 64  # bytes
 
 def aligned(x):
     """``x`` itself if it is a contiguous tensor starting on a 64-byte boundary, else such a copy."""
-    if not isinstance(x, torch.Tensor) or (x.is_contiguous() and x.data_ptr() % ALIGNMENT == 0):
+    if not isinstance(x, torch.Tensor):
+        return x
+    try:
+        address = x.data_ptr()
+    except RuntimeError:  # a tensor without storage (inside a torch.func transform): nothing to align
+        return x
+    if x.is_contiguous() and address % ALIGNMENT == 0:
         return x
     return x.clone(memory_format=torch.contiguous_format)
 
