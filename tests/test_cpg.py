@@ -203,6 +203,43 @@ def test_the_best_attempt_is_kept_and_later_growth_undone():
     assert all(torch.equal(a, b) for a, b in zip(all_logits(net, x)[:2], before))
 
 
+class Deep(eidetic.CPGMixin, eidetic.ContinualNetwork):
+    """fc1 -> ReLU -> fc2 -> ReLU -> fc3 -> ReLU: growing only fc1 leaves fc3 (and the head's
+    bias) the same tensors, trained on by the next attempt."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(10, 6), nn.Linear(6, 6), nn.Linear(6, 6)
+
+    def forward(self, x):
+        return F.relu(self.fc3(F.relu(self.fc2(F.relu(self.fc1(x))))))
+
+
+def test_the_kept_attempt_is_the_function_that_was_measured():
+    torch.manual_seed(0)
+    net = Deep()
+    x = _data(6)[:][0]
+    _train(net, 0, goal=0.0)
+    ends: list[torch.Tensor] = []
+
+    class AttemptEnd(eidetic.Callback):
+        def on_epoch_end(self, task, stats):
+            was = net.training
+            net.eval()
+            with torch.no_grad():
+                ends.append(net.logits(x, 1))
+            net.train(was)
+
+    def first_is_best(logits, targets):
+        return torch.tensor(0.9 if net.fc1.out_features == 6 else 0.5)
+
+    report = _train(net, 1, goal=1.0, metric=first_is_best, pruning=None, epochs=1, callbacks=[AttemptEnd()],
+                    growing=eidetic.Growing(step=2, max_ratio=3.0, groups=("fc1",)))
+    assert report.kept_attempt == 0 and len(report.attempts) > 1 and len(ends) == len(report.attempts)
+    assert net.fc1.out_features == 6
+    assert torch.equal(all_logits(net, x)[1], ends[0])
+
+
 def test_a_task_mask_changes_only_its_own_outputs():
     """Task 1's logits are its head on the body computed with W * M_1 (a functional reference);
     task 0's are the body without any mask, as if task 1 had no mask."""

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import GraphError, TaskError
 from ..guarantee import phases
+from ..guarantee.snapshot import Snapshot
 from ..training.pruning import Pruning, prune
 from ..training.session import Plan, TaskSession
 from .growing import Growing
@@ -32,10 +33,13 @@ log = logging.getLogger("eidetic")
 
 @dataclass
 class _Attempt:
+    """One training attempt of a task: its metric, and what is needed to come back to it."""
+
     metric: float
     epochs: list
     widenings: int  # widenings of the open task made before this attempt
     grown: dict[str, int]
+    snapshot: Snapshot  # the network's free state at the attempt's end
     picks: tuple | None
 
 
@@ -94,6 +98,8 @@ class CPGMixin:
             return super().train_task(task, train_data, **kwargs)
         finally:
             self._cpg = None
+            if self.open_task is None:
+                self._picker = None  # the task is frozen: its scores are no longer needed
 
     def _settings(self) -> tuple[float | None, Picking | None, Growing | None]:
         return getattr(self, "_cpg", None) or (None, Picking(), None)
@@ -113,7 +119,8 @@ class CPGMixin:
     def _learn(self, plan: Plan) -> TaskSession:
         goal, _, growing = self._settings()
         state, report, picker = self._eidetic, plan.report, self._picker
-        attempts: list[_Attempt] = []
+        metrics: list[float] = []
+        best: _Attempt | None = None
         grown: dict[str, int] = {}
         while True:
             session, scheduler = plan.build()
@@ -122,25 +129,28 @@ class CPGMixin:
             if picker is not None:
                 session.callbacks = [*session.callbacks, picker.callback]
             epochs = session.fit(plan.epochs, plan.early_stopping, scheduler)
-            metric = session.monitored(plan.monitor)
-            attempts.append(_Attempt(metric, epochs, len(state.undo), dict(grown),
-                                     None if picker is None else picker.save()))
-            log.info("task %d: attempt %d reaches %.4f (goal %s)", plan.report.task, len(attempts), metric, goal)
-            if goal is None or metric >= goal or growing is None or not self._grow(growing, grown):
+            metrics.append(session.monitored(plan.monitor))
+            log.info("task %d: attempt %d reaches %.4f (goal %s)", report.task, len(metrics), metrics[-1], goal)
+            if best is None or metrics[-1] > best.metric:
+                best = _Attempt(metrics[-1], epochs, len(state.undo), dict(grown),
+                                Snapshot(self, session.guard, state.ownership),
+                                None if picker is None else picker.save())
+            if goal is None or metrics[-1] >= goal or growing is None or not self._grow(growing, grown):
                 break
-        kept = max(range(len(attempts)), key=lambda i: attempts[i].metric)
-        if kept != len(attempts) - 1:
-            while len(state.undo) > attempts[kept].widenings:
+        kept = metrics.index(best.metric)
+        if kept != len(metrics) - 1:  # back to the best attempt: its width, its weights, its masks
+            while len(state.undo) > best.widenings:
                 self._undo_widening()
+            best.snapshot.restore()
             if picker is not None:
-                picker.load(attempts[kept].picks)
+                picker.load(best.picks)
             session, _ = plan.build()
-        if goal is not None and attempts[kept].metric < goal:
+        if goal is not None and best.metric < goal:
             log.warning("task %d: goal %.4f missed at the maximum width (best metric %.4f); kept attempt %d of %d",
-                        report.task, goal, attempts[kept].metric, kept + 1, len(attempts))
-        report.epochs, report.attempts, report.kept_attempt = attempts[kept].epochs, [a.metric for a in attempts], kept
-        report.goal, report.grown = goal, {k: n for k, n in attempts[kept].grown.items() if n}
-        report.goal_met = None if goal is None else attempts[kept].metric >= goal
+                        report.task, goal, best.metric, kept + 1, len(metrics))
+        report.epochs, report.attempts, report.kept_attempt = best.epochs, metrics, kept
+        report.goal, report.grown = goal, {k: n for k, n in best.grown.items() if n}
+        report.goal_met = None if goal is None else best.metric >= goal
         report.seconds["train"] = time.perf_counter() - plan.start
         if picker is not None:
             picker.stop()
@@ -175,7 +185,6 @@ class CPGMixin:
         for key, n in request.items():
             grown[key] = grown.get(key, 0) + n
         phases.reinitialize(state.layers, state.graph, state.ownership.masks("free"))
-        state.guard.restore()
         head = self.heads.head(self.num_tasks - 1)
         if not self.heads.shared:
             head.reset_parameters()
