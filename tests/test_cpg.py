@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from test_recurrent import FEATURES, STEPS, SeqNet, recurrent_specs
 from test_widening import _check_unchanged
 from torch import nn
 from torch.func import functional_call
@@ -32,7 +33,8 @@ from models import CNN, MLP, ResNet, input_shape
 from strategies import cnn_specs, mlp_specs, optimizers, resnet_specs
 
 examples = settings(max_examples=max(10, settings.default.max_examples // 8))  # 25 by default, 250 deep
-_CPG = {family: type(f"CPG{family.__name__}", (eidetic.CPGMixin, family), {}) for family in (MLP, CNN, ResNet)}
+_CPG = {family: type(f"CPG{family.__name__}", (eidetic.CPGMixin, family), {})
+        for family in (MLP, CNN, ResNet, SeqNet)}
 
 goals = st.sampled_from([1.0, 0.0, None])  # impossible (random labels): growth; met at once; none
 cpg_tasks = st.lists(st.tuples(goals, st.integers(2, 3), st.sampled_from([1, 2])), min_size=2, max_size=4)
@@ -50,7 +52,7 @@ def _loader(shape, classes, t, n=24):
 def cpg_and_check(family, spec, optimizer, tasks, growing, picking, pruning, seed):
     torch.manual_seed(seed)
     net = _CPG[family](spec)
-    shape = input_shape(family, spec)
+    shape = (STEPS, FEATURES) if family is SeqNet else input_shape(family, spec)
     fixed = torch.randn(6, *shape)
     dropout = spec.get("dropout", 0.0) > 0
     make_optimizer = optimizer.factory()
@@ -93,6 +95,14 @@ def test_cpg_cnn_never_forgets(spec, optimizer, tasks, growing, picking, pruning
 @examples
 def test_cpg_residual_net_never_forgets(spec, optimizer, tasks, growing, picking, pruning, seed):
     cpg_and_check(ResNet, spec, optimizer, tasks, growing, picking, pruning, seed)
+
+
+@given(spec=recurrent_specs, optimizer=optimizers(), tasks=cpg_tasks, growing=growings, picking=pickings,
+       pruning=prunings, seed=st.integers(0, 2**16))
+@examples
+def test_cpg_recurrent_net_never_forgets(spec, optimizer, tasks, growing, picking, pruning, seed):
+    """Picking over gate rows and recurrent columns; growth of the hidden size."""
+    cpg_and_check(SeqNet, spec, optimizer, tasks, growing, picking, pruning, seed)
 
 
 class Net(eidetic.CPGMixin, eidetic.ContinualNetwork):
