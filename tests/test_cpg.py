@@ -168,6 +168,14 @@ def test_growth_stops_at_the_budget():
     assert body() > 1.5 * net._eidetic.initial_parameters
 
 
+def test_the_first_task_does_not_grow():
+    torch.manual_seed(0)
+    net = Net()
+    report = _train(net, 0, goal=1.0)
+    assert report.goal_met is False and report.grown == {} and len(report.attempts) == 1
+    assert _sizes(net) == {"fc1": 8, "fc2": 8}
+
+
 def test_no_growth_when_the_goal_is_met_at_once():
     torch.manual_seed(0)
     net = Net()

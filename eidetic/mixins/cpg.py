@@ -4,7 +4,7 @@ Each task is learned in up to three moves on top of the base's phases:
 
 1. **Pick** (tasks with frozen weights to read): a learnable binary mask over the frozen
    weights the task reads, trained jointly with the free units (:mod:`.picking`).
-2. **Grow**, if the monitored metric misses ``goal``: widen the network by a step
+2. **Grow** (tasks after the first), if the monitored metric misses ``goal``: widen by a step
    (:mod:`.growing`), re-initialise the free units and the head, and try again; stop at the
    maximum width and keep the best attempt.
 3. **Compact**: the base's structured pruning loop, keeping steps while the goal holds.
@@ -135,7 +135,8 @@ class CPGMixin:
                 best = _Attempt(metrics[-1], epochs, len(state.undo), dict(grown),
                                 Snapshot(self, session.guard, state.ownership),
                                 None if picker is None else picker.save())
-            if goal is None or metrics[-1] >= goal or growing is None or not self._grow(growing, grown):
+            grows = goal is not None and metrics[-1] < goal and growing is not None and state.frozen_tasks > 0
+            if not grows or not self._grow(growing, grown):  # task 0 does not grow, as in CPG
                 break
         kept = metrics.index(best.metric)
         if kept != len(metrics) - 1:  # back to the best attempt: its width, its weights, its masks
