@@ -36,7 +36,7 @@ from .inference.routing import Prediction
 from .state import State
 from .training.data import as_loader, first_inputs
 from .training.pruning import GracefulPruning, Pruning, prune
-from .training.session import Callback, L1Penalty, Loss, Metric, Plan, TaskSession, accuracy
+from .training.session import PRECISIONS, Callback, L1Penalty, Loss, Metric, Plan, TaskSession, accuracy
 from .transaction import Widening, transaction
 
 log = logging.getLogger("eidetic")
@@ -229,6 +229,7 @@ class ContinualNetwork(nn.Module):
         memory: int = 20,
         callbacks: Sequence[Callback] = (),
         progress: bool = True,
+        precision: str | None = None,
     ) -> TaskReport:
         """Train a new task, prune it, freeze the units it kept and recycle the rest.
 
@@ -261,6 +262,10 @@ class ContinualNetwork(nn.Module):
                 statistics router's feature statistics are recorded in any case.
             callbacks: :class:`Callback` objects.
             progress: show progress bars (on a terminal).
+            precision: ``"bf16"`` or ``"fp16"`` to run the training steps under ``torch.autocast``
+                with that dtype (fp16 with a gradient scaler), ``None`` for the network's dtype.
+                Evaluation (the monitored metric, pruning decisions) runs in the network's dtype,
+                and the guarantee holds for the outputs in the dtype a task was evaluated in.
 
         Returns:
             a :class:`TaskReport`.
@@ -278,6 +283,7 @@ class ContinualNetwork(nn.Module):
         _check_int("memory", memory, 0)
         if early_stopping is not None:
             _check_int("early_stopping", early_stopping, 1)
+        _check_precision(precision)
         if pruning is not None and not isinstance(pruning, (Pruning, GracefulPruning)):
             raise TaskError(f"pruning must be an eidetic.Pruning, an eidetic.GracefulPruning or None, got "
                             f"{type(pruning).__name__}")
@@ -294,7 +300,7 @@ class ContinualNetwork(nn.Module):
 
             def build() -> tuple[TaskSession, object]:
                 session = self._session(task, head, train_loader, val_loader, tx.optimizer(self._trainable(head)),
-                                        loss_fn, metric, clip_grad_norm, callbacks, progress, l1)
+                                        loss_fn, metric, clip_grad_norm, callbacks, progress, l1, precision)
                 return session, scheduler(session.optimizer) if scheduler is not None else None
 
             plan = Plan(build, report, epochs, early_stopping, pruning,
@@ -327,6 +333,7 @@ class ContinualNetwork(nn.Module):
         clip_grad_norm: float | None = None,
         callbacks: Sequence[Callback] = (),
         progress: bool = True,
+        precision: str | None = None,
     ) -> list[PruneStep]:
         """Prune the open task ``task`` (see ``train_task(..., finish=False)``) until its metric
         would drop by more than the tolerance. Transactional like ``train_task``.
@@ -343,6 +350,7 @@ class ContinualNetwork(nn.Module):
         if task != self.open_task:
             raise TaskError(f"task {task} is not open; prune_until works on the task left open by "
                             "train_task(..., finish=False)")
+        _check_precision(precision)
         if not isinstance(pruning, (Pruning, GracefulPruning)):
             raise TaskError(f"pruning must be an eidetic.Pruning or an eidetic.GracefulPruning, got "
                             f"{type(pruning).__name__}")
@@ -354,7 +362,7 @@ class ContinualNetwork(nn.Module):
         head = self.heads.head(task)
         with transaction(self, example, optimizer) as tx:
             session = self._session(task, head, train_loader, val_loader, tx.optimizer(self._trainable(head)),
-                                    loss_fn, metric, clip_grad_norm, callbacks, progress)
+                                    loss_fn, metric, clip_grad_norm, callbacks, progress, precision=precision)
             _, steps = prune(session, self._eidetic.layers, self._eidetic.graph, self._eidetic.ownership, pruning)
         return steps
 
@@ -666,7 +674,7 @@ class ContinualNetwork(nn.Module):
         return guard
 
     def _session(self, task, head, train_loader, val_loader, optimizer, loss_fn, metric, clip_grad_norm,
-                 callbacks, progress, l1=None) -> TaskSession:
+                 callbacks, progress, l1=None, precision=None) -> TaskSession:
         state = self._eidetic
         penalty = None if l1 is None else L1Penalty(state.layers, state.graph, state.ownership, l1)
         return TaskSession(
@@ -674,7 +682,7 @@ class ContinualNetwork(nn.Module):
             train_loader=train_loader, val_loader=val_loader, optimizer=optimizer,
             loss_fn=loss_fn or F.cross_entropy, metric=metric or accuracy, check_labels=loss_fn is None,
             input_shape=state.input_shape, clip_grad_norm=clip_grad_norm, callbacks=callbacks,
-            progress=progress, penalty=penalty, features=lambda x: self._features(x, task),
+            progress=progress, penalty=penalty, features=lambda x: self._features(x, task), precision=precision,
         )
 
     def _forget_graph(self) -> None:
@@ -717,3 +725,8 @@ class Wrapped(ContinualNetwork):
 def _check_int(name: str, value, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise TaskError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_precision(precision) -> None:
+    if precision is not None and precision not in PRECISIONS:
+        raise TaskError(f"precision={precision!r}: use None (the network's dtype), 'bf16' or 'fp16'")

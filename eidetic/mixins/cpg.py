@@ -93,6 +93,9 @@ class CPGMixin:
             raise TaskError("growing replaces the network's parameters by bigger ones, which an optimizer instance "
                             "does not hold: pass a factory (optimizer=lambda params: torch.optim.SGD(params, "
                             "lr=1e-2)), or growing=None")
+        if picking is not None and kwargs.get("precision") == "fp16":
+            raise TaskError("picking under precision='fp16' is not supported (the scores' optimizer would step on "
+                            "scaled gradients); use precision='bf16', or picking=None")
         self._cpg = (goal, picking, growing)
         try:
             return super().train_task(task, train_data, **kwargs)

@@ -7,6 +7,7 @@ monitored metric, and the scoring context used by pruning.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ log = logging.getLogger("eidetic")
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _FINITE_CHECK_EVERY = 32  # steps between NaN checks (each check waits for the device)
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}  # train_task(precision=...) -> autocast dtype
 
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -103,11 +105,18 @@ class TaskSession:
     progress: bool = True
     penalty: Callable[[], torch.Tensor] | None = None
     features: Callable[[torch.Tensor], torch.Tensor] | None = None  # inputs -> the task's features
+    precision: str | None = None  # None, "bf16" or "fp16": the training steps' autocast
     epochs_run: int = field(default=0, init=False)
     _finite: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)  # per step since the last check
 
     def __post_init__(self) -> None:
         self.guard.watch(self.optimizer)
+        self._scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+
+    def _autocast(self):
+        if self.precision is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
     @property
     def device(self) -> torch.device:
@@ -136,17 +145,25 @@ class TaskSession:
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step; returns the detached loss and the batch metric."""
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.logits(x)
-        loss = self.loss_fn(logits, y)
-        if self.penalty is not None:
-            loss = loss + self.penalty()
+        with self._autocast():
+            logits = self.logits(x)
+            loss = self.loss_fn(logits, y)
+            if self.penalty is not None:
+                loss = loss + self.penalty()
         self._watch_finite(x, logits, loss)
-        loss.backward()
+        scaler = self._scaler
+        (loss if scaler is None else scaler.scale(loss)).backward()
         if self.clip_grad_norm is not None:
+            if scaler is not None:
+                scaler.unscale_(self.optimizer)
             self.guard.zero_grads()
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
-        self.optimizer.step()
+        if scaler is None:
+            self.optimizer.step()
+        else:  # skips the step when the scaled gradients overflowed
+            scaler.step(self.optimizer)
+            scaler.update()
         self.guard.enforce()
         with torch.no_grad():
             return loss.detach(), self.metric(logits.detach(), y)
