@@ -34,6 +34,7 @@ from .inference import predict as prediction
 from .inference.heads import TaskHeads
 from .inference.routing import Prediction
 from .state import State
+from .training import distributed
 from .training.data import as_loader, first_inputs
 from .training.pruning import GracefulPruning, Pruning, prune
 from .training.session import PRECISIONS, Callback, L1Penalty, Loss, Metric, Plan, TaskSession, accuracy
@@ -297,6 +298,7 @@ class ContinualNetwork(nn.Module):
         with transaction(self, example, optimizer) as tx:
             head = self.heads.add(self._eidetic.graph.feature_dim, num_classes, like=self._reference_tensor())
             self._begin_task(task, head)
+            self._synchronise()  # the new head and the recycled units, drawn at random on each rank
 
             def build() -> tuple[TaskSession, object]:
                 session = self._session(task, head, train_loader, val_loader, tx.optimizer(self._trainable(head)),
@@ -312,6 +314,7 @@ class ContinualNetwork(nn.Module):
             if finish:
                 report.units = self.freeze(task, train_loader, memory=memory)
                 self.recycle()
+            self._synchronise()
             report.free_units = self._eidetic.ownership.free_counts()
             report.parameters = self.parameter_count()
         report.seconds["total"] = time.perf_counter() - start
@@ -535,6 +538,16 @@ class ContinualNetwork(nn.Module):
                 session, self._eidetic.layers, self._eidetic.graph, self._eidetic.ownership, plan.pruning)
         plan.report.seconds["prune"] = time.perf_counter() - plan.start - plan.report.seconds["train"]
         return session
+
+    def _synchronise(self) -> None:
+        """Under ``torch.distributed``, give every rank rank 0's parameters, buffers and router
+        records (what each rank drew at random, or recorded from its own shard)."""
+        if not distributed.active():
+            return
+        distributed.broadcast_module(self)
+        routers = self._eidetic.routers
+        routers.load(distributed.broadcast_object(routers.state()))
+        routers.apply(lambda t: t.to(self._device()))
 
     def _begin_task(self, task: int, head: nn.Linear) -> None:
         """Called by ``train_task`` once the task's head exists, before training: the place for a

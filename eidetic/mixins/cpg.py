@@ -194,5 +194,6 @@ class CPGMixin:
             head.reset_parameters()
         if self._picker is not None:
             self._picker.start()
+        self._synchronise()  # the units drawn at random on each rank
         return True
 

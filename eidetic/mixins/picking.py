@@ -23,6 +23,7 @@ import torch
 
 from ..errors import TaskError
 from ..guarantee.slices import in_mask, out_mask
+from ..training import distributed
 from ..training.session import Callback
 
 MaskOptimizer = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
@@ -167,5 +168,6 @@ class _StepScores(Callback):
     def on_step_end(self, task: int, loss: torch.Tensor) -> None:
         optimizer = self.picker.optimizer
         if optimizer is not None:
+            distributed.average_gradients(self.picker.scores.values())
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

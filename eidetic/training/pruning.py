@@ -29,6 +29,7 @@ from ..evaluation.report import PruneStep
 from ..graph import UnitGraph
 from ..guarantee.ownership import Ownership
 from ..guarantee.snapshot import Snapshot
+from . import distributed
 from .scoring import importance, methods
 from .session import TaskSession
 
@@ -191,7 +192,7 @@ def prune_until(session: TaskSession, layers, graph: UnitGraph, ownership: Owner
     fraction, threshold, retries = config.step, config.threshold, 0
     while config.max_steps is None or len(steps) < config.max_steps:
         snapshot.capture()
-        scores = strategy(session.scoring_context(layers, graph, config.score_batches))
+        scores = distributed.average(strategy(session.scoring_context(layers, graph, config.score_batches)))
         alive = _alive(ownership)
         removed = select(ownership, scores, blocks, fraction if threshold is None else None, threshold)
         if not removed:
@@ -233,7 +234,8 @@ def graceful_prune(session: TaskSession, layers, graph: UnitGraph, ownership: Ow
     """Try every threshold from the trained network; keep the sparsest result within the margin."""
     reference = session.monitored(config.monitor)
     snapshot = Snapshot(session.body, session.guard, ownership)
-    scores = importance(config.method)(session.scoring_context(layers, graph, config.score_batches))
+    scores = distributed.average(importance(config.method)(session.scoring_context(layers, graph,
+                                                                                  config.score_batches)))
     thresholds = sorted(config.thresholds or _quantiles(ownership, scores))
     blocks = group_blocks(layers, graph)
     alive = _alive(ownership)

@@ -22,6 +22,7 @@ from ..errors import NonFiniteLossError, TaskError
 from ..evaluation.report import EpochStats, TaskReport
 from ..guarantee.guard import Guard
 from ..guarantee.slices import out_mask
+from . import distributed
 from .data import batches
 from .scoring import ScoringContext
 
@@ -153,6 +154,7 @@ class TaskSession:
         self._watch_finite(x, logits, loss)
         scaler = self._scaler
         (loss if scaler is None else scaler.scale(loss)).backward()
+        distributed.average_gradients(p for group in self.optimizer.param_groups for p in group["params"])
         if self.clip_grad_norm is not None:
             if scaler is not None:
                 scaler.unscale_(self.optimizer)
@@ -181,8 +183,9 @@ class TaskSession:
         total_metric = torch.zeros((), device=self.device)
         samples = 0
         data = batches(self.train_loader, self.device, "train_data")
-        bar = tqdm(data, desc=f"task {self.task} epoch {epoch}", leave=False,
-                   disable=None if self.progress else True, total=_length(self.train_loader))
+        shown = self.progress and distributed.rank() == 0
+        bar = tqdm(data, desc=f"task {self.task} epoch {epoch}", leave=False, disable=None if shown else True,
+                   total=_length(self.train_loader))
         for step, (x, y) in enumerate(bar, 1):
             if first:
                 self._check(x, y)
@@ -192,12 +195,14 @@ class TaskSession:
             samples += len(x)
             for cb in self.callbacks:
                 cb.on_step_end(self.task, loss)
-            if step % _FINITE_CHECK_EVERY == 0:
+            if step % _FINITE_CHECK_EVERY == 0 and not distributed.active():  # ranks check together, below
                 self._check_finite(float(total_loss), epoch)
-        mean_loss = float(total_loss) / samples
+        total_loss, total_metric, samples = distributed.total(
+            torch.stack([total_loss, total_metric, torch.tensor(float(samples), device=self.device)])).tolist()
+        mean_loss = total_loss / samples
         self._check_finite(mean_loss, epoch)
         self.epochs_run = epoch
-        stats = EpochStats(self.epochs_run, mean_loss, float(total_metric) / samples)
+        stats = EpochStats(self.epochs_run, mean_loss, total_metric / samples)
         if self.val_loader is not None:
             stats.val_metric = self.evaluate(self.val_loader, "val_data")
         for cb in self.callbacks:
@@ -260,6 +265,7 @@ class TaskSession:
         was_training = self.body.training
         self.body.eval()
         self.head.eval()
+        distributed.broadcast_buffers([self.body, self.head])  # every rank evaluates rank 0's statistics
         total, samples = torch.zeros((), device=self.device), 0
         for x, y in batches(loader, self.device, name):
             if samples == 0:
@@ -268,7 +274,8 @@ class TaskSession:
             samples += len(x)
         self.body.train(was_training)
         self.head.train(was_training)
-        return float(total) / samples
+        total, samples = distributed.total(torch.stack([total, torch.tensor(float(samples), device=self.device)]))
+        return float(total) / float(samples)
 
     def monitored(self, monitor: str) -> float:
         """The metric pruning watches: on the training data or on the validation data."""
