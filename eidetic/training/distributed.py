@@ -48,14 +48,21 @@ logging.getLogger("eidetic").addFilter(RankZero())
 
 
 def average_gradients(tensors: Iterable[torch.Tensor]) -> None:
-    """Replace each tensor's gradient by its mean over the ranks."""
+    """Replace each tensor's gradient by its mean over the ranks (one ``all_reduce`` per device
+    and dtype, on the gradients laid end to end, as DDP's buckets do)."""
     if not active():
         return
-    size = dist.get_world_size()
+    groups: dict[tuple, list[torch.Tensor]] = {}
     for tensor in tensors:
         if tensor.grad is not None:
-            dist.all_reduce(tensor.grad)
-            tensor.grad.div_(size)
+            groups.setdefault((tensor.grad.device, tensor.grad.dtype), []).append(tensor.grad)
+    size = dist.get_world_size()
+    for grads in groups.values():
+        flat = torch.cat([g.flatten() for g in grads])
+        dist.all_reduce(flat)
+        flat.div_(size)
+        for grad, part in zip(grads, flat.split([g.numel() for g in grads])):
+            grad.copy_(part.view_as(grad))
 
 
 def total(value: torch.Tensor) -> torch.Tensor:
