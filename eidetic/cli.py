@@ -42,6 +42,7 @@ import torch
 from . import __version__, datasets, zoo
 from .errors import EideticError
 from .evaluation.runs import Results, evaluate
+from .mixins.growing import Growing
 from .network import ContinualNetwork
 from .training.pruning import Pruning
 from .training.session import Callback
@@ -186,6 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
                             "router fewer features)")
     prune.add_argument("--recovery-epochs", type=_int_at_least(0), default=1,
                        help="retraining epochs after each pruning step")
+    method = run.add_argument_group("method")
+    method.add_argument("--method", choices=zoo.METHODS, default="eidetic",
+                        help="eidetic: train, prune, freeze, recycle; cpg: the CPG mixin on top (picking masks over "
+                             "old weights, growth while a task misses --goal, compacting while the goal holds)")
+    method.add_argument("--goal", type=_float_in(0, 1), default=None,
+                        help="cpg: the accuracy goal on the training data (default: 0.95)")
+    method.add_argument("--grow-step", type=_float_in(0, 1, low_open=True), default=None,
+                        help="cpg: units added per growth step, as a fraction of each layer's initial width "
+                             "(default: 0.25)")
+    method.add_argument("--max-growth", type=_float_in(1, 100), default=None,
+                        help="cpg: the body grows to at most this many times its initial parameters (default: 1.5)")
     other = run.add_argument_group("run")
     other.add_argument("--router", choices=ROUTERS, default="auto",
                        help="router for task-ID-free (routed) accuracy ('none': skip it)")
@@ -221,6 +233,10 @@ class Config:
     threshold: float | None
     tolerance: float
     recovery_epochs: int
+    method: str
+    goal: float | None
+    grow_step: float | None
+    max_growth: float | None
     router: str
     memory: int
     seed: int
@@ -254,6 +270,14 @@ def resolve(args: argparse.Namespace, error) -> Config:
     if model in ("convnet", "resnet") and args.benchmark.startswith("sequential"):
         error(f"argument --model: {args.benchmark} gives sequences of rows, not images; use lstm or mlp")
     width = args.width if args.width is not None else (base.mlp_width if model == "mlp" else None)
+    cpg = {"goal": 0.95, "grow_step": 0.25, "max_growth": 1.5}
+    if args.method != "cpg":
+        given = [f"--{k.replace('_', '-')}" for k in cpg if getattr(args, k) is not None]
+        if given:
+            error(f"argument {given[0]}: only with --method cpg")
+        cpg = dict.fromkeys(cpg)
+    else:
+        cpg = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in cpg.items()}
     out = args.out or Path("runs") / f"{args.benchmark}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and not out.is_dir():
         error(f"argument --out: {out} exists and is not a folder")
@@ -264,7 +288,8 @@ def resolve(args: argparse.Namespace, error) -> Config:
         lr=base.lr if args.lr is None else args.lr,
         pruning=args.pruning, prune_step=args.prune_step, threshold=args.threshold,
         tolerance=base.tolerance if args.tolerance is None else args.tolerance,
-        recovery_epochs=args.recovery_epochs, router=args.router, memory=args.memory, seed=args.seed,
+        recovery_epochs=args.recovery_epochs, method=args.method, **cpg, router=args.router, memory=args.memory,
+        seed=args.seed,
         device=_check_device(args.device, error),
         threads=args.threads or base.threads or torch.get_num_threads(),
         data_dir=None if args.benchmark.endswith("digits") else str(args.data_dir),
@@ -337,12 +362,15 @@ def train(config: Config) -> Run:
     bench = datasets.load_benchmark(config.benchmark, tasks=config.tasks, seed=config.seed,
                                     data_dir=config.data_dir, download=config.download)
     tasks = bench.as_tasks(config.batch_size, seed=config.seed)
-    net = zoo.build_model(config.model, bench.input_shape, config.width).to(config.device)
+    net = zoo.build_model(config.model, bench.input_shape, config.width, method=config.method).to(config.device)
+    extra = {} if config.method != "cpg" else {
+        "goal": config.goal, "growing": Growing(step=config.grow_step, max_ratio=config.max_growth)}
     run = Run(config, net, bench)
     run.timings = {"load": time.perf_counter() - start, "tasks": []}
     print(f"eidetic {__version__}: {config.benchmark}, {len(bench)} tasks, {config.model} "
           f"({sum(p.numel() for p in net.parameters()):,} parameters), {config.epochs} epoch(s) per task, "
-          f"pruning {config.pruning}, device {config.device}\ndata: {bench.source}")
+          f"pruning {config.pruning}, method {config.method}{f' (goal {config.goal:g})' if config.goal else ''}, "
+          f"device {config.device}\ndata: {bench.source}")
     pruning = None if config.pruning == "none" else Pruning(
         method=config.pruning, step=config.prune_step, threshold=config.threshold, tolerance=config.tolerance,
         recovery_epochs=config.recovery_epochs)
@@ -354,7 +382,7 @@ def train(config: Config) -> Run:
             report = net.train_task(
                 k, task.train, num_classes=task.num_classes, epochs=config.epochs, pruning=pruning,
                 optimizer=lambda params: torch.optim.AdamW(params, lr=config.lr),
-                memory=config.memory, callbacks=[_Postfix(bar)], progress=config.progress)
+                memory=config.memory, callbacks=[_Postfix(bar)], progress=config.progress, **extra)
             mark = time.perf_counter()
             evaluation = evaluate(net, [t.test for t in tasks], router=router)
             first_logits.append(_test_logits(net, task.test, k))
@@ -383,8 +411,9 @@ def _task_line(k: int, total: int, classes: list[int], report, evaluation) -> st
     units = sum(report.units.values())
     free = sum(report.free_units.values())
     accuracies = " ".join(f"{t.oracle:.3f}" for t in evaluation.tasks)
+    grown = f"grew {sum(report.grown.values())} units ({len(report.attempts)} attempts), " if report.grown else ""
     return (f"task {k + 1}/{total} [{names}]: train acc {report.final_metric:.3f}, "
-            f"{kept}/{len(report.prune_steps)} pruning steps kept, {units} units frozen, {free} free, "
+            f"{kept}/{len(report.prune_steps)} pruning steps kept, {grown}{units} units frozen, {free} free, "
             f"{report.seconds['total']:.1f}s | test acc of tasks so far: {accuracies}")
 
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import CheckpointError
+from .mixins.cpg import CPGMixin
 from .network import ContinualNetwork
 
 _CHECKPOINT_FORMAT = 1
@@ -200,17 +201,47 @@ MODELS: dict[str, type[_ZooModel]] = {"mlp": MLP, "convnet": ConvNet, "resnet": 
 """The models by name."""
 
 
-def build_model(name: str, input_shape: tuple[int, ...], width: int | None = None) -> ContinualNetwork:
+class CPGMLP(CPGMixin, MLP):
+    """:class:`MLP` with the CPG mixin (compacting, picking, growing)."""
+
+
+class CPGConvNet(CPGMixin, ConvNet):
+    """:class:`ConvNet` with the CPG mixin."""
+
+
+class CPGResNet(CPGMixin, ResNet):
+    """:class:`ResNet` with the CPG mixin."""
+
+
+class CPGRowLSTM(CPGMixin, RowLSTM):
+    """:class:`RowLSTM` with the CPG mixin."""
+
+
+CPG_MODELS: dict[str, type[_ZooModel]] = {"mlp": CPGMLP, "convnet": CPGConvNet, "resnet": CPGResNet,
+                                          "lstm": CPGRowLSTM}
+"""The models by name, with :class:`~eidetic.CPGMixin`."""
+METHODS = ("eidetic", "cpg")
+"""How a model learns: the base class alone, or with the CPG mixin."""
+
+
+def build_model(name: str, input_shape: tuple[int, ...], width: int | None = None,
+                method: str = "eidetic") -> ContinualNetwork:
     """A fresh model by name (``"mlp"``, ``"convnet"``, ``"resnet"`` or ``"lstm"``) for inputs of
-    ``input_shape``; ``width`` (``None``: the model's default) sets its size.
+    ``input_shape``; ``width`` (``None``: the model's default) sets its size, and ``method``
+    (``"eidetic"`` or ``"cpg"``) whether it learns with :class:`~eidetic.CPGMixin`.
 
     Example::
 
         net = build_model("resnet", (1, 8, 8), width=8)
+        cpg = build_model("mlp", (1, 8, 8), method="cpg")     # train_task takes goal=, picking=, growing=
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return MODELS[name](tuple(input_shape), width)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    net = (CPG_MODELS if method == "cpg" else MODELS)[name](tuple(input_shape), width)
+    net.config["method"] = method
+    return net
 
 
 def save_checkpoint(net: _ZooModel, path: str | Path) -> Path:
@@ -242,9 +273,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(saved, dict) or saved.get("format") != _CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an eidetic.zoo checkpoint")
     config = dict(saved["config"])
-    name = config.pop("model")
-    if name not in MODELS:
-        raise CheckpointError(f"{path} holds an unknown model {name!r}")
-    net = MODELS[name](tuple(config.pop("input_shape")), **config)
+    name, method = config.pop("model"), config.pop("method", "eidetic")  # older checkpoints: no method
+    if name not in MODELS or method not in METHODS:
+        raise CheckpointError(f"{path} holds an unknown model {name!r} or method {method!r}")
+    net = (CPG_MODELS if method == "cpg" else MODELS)[name](tuple(config.pop("input_shape")), **config)
+    net.config["method"] = method
     net.load_state_dict(saved["state_dict"])
     return net

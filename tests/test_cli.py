@@ -140,7 +140,33 @@ def test_split_mnist_from_tiny_idx_files(capsys, tmp_path):
     assert [t["train_samples"] for t in document["benchmark"]["tasks"]] == [40, 40]
 
 
+def test_cpg_runs_the_main_job_with_the_mixin(capsys, tmp_path):
+    """Goal 1.0 on the training data cannot be met by task 1's first attempt: it grows."""
+    code, out, err = run(capsys, "run", "--method", "cpg", "--goal", "1.0", "--max-growth", "2", "--width", "16",
+                         *QUICK, "--no-plots", "--out", tmp_path)
+    assert code == 0, err
+    assert "method cpg (goal 1)" in out and "BWT +0.0000" in out
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["config"]["method"] == "cpg" and document["model"]["method"] == "cpg"
+    reports = document["results"]["reports"]
+    assert reports[0]["grown"] == {} and len(reports[0]["attempts"]) == 1  # the first task does not grow
+    assert reports[1]["goal"] == 1.0 and len(reports[1]["attempts"]) > 1
+    net = zoo.load_checkpoint(tmp_path / "model.pt").eval()
+    assert isinstance(net, zoo.CPGMLP) and net.num_tasks == 2
+    bench = load_benchmark("split-digits", tasks=2)
+    with torch.no_grad():
+        for k, test in enumerate(bench.test):
+            x, y = test.tensors
+            accuracy = (net.logits(x, k).argmax(dim=1) == y).double().mean().item()
+            assert accuracy == pytest.approx(document["results"]["matrix"][-1][k], abs=1e-12)
+
+
 @pytest.mark.parametrize(("argv", "message"), [
+    (["run", "--goal", "0.9"], "argument --goal: only with --method cpg"),
+    (["run", "--max-growth", "2"], "argument --max-growth: only with --method cpg"),
+    (["run", "--method", "cpg", "--goal", "1.5"], "must be in [0, 1]"),
+    (["run", "--method", "cpg", "--max-growth", "0.5"], "must be in [1, 100]"),
+    (["run", "--method", "pnn"], "invalid choice: 'pnn'"),
     (["run", "--tasks", "0"], "argument --tasks: must be at least 1, got 0"),
     (["run", "--tasks", "6"], "split-digits has 5 tasks"),
     (["run", "--tasks", "two"], "expected an integer, got 'two'"),

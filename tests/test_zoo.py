@@ -27,6 +27,33 @@ def test_every_model_trains_and_round_trips_through_a_checkpoint(name, tmp_path)
         assert torch.equal(loaded.logits(x, 0), net.logits(x, 0))
 
 
+@pytest.mark.parametrize("name", sorted(zoo.MODELS))
+def test_every_model_learns_with_cpg_and_round_trips(name, tmp_path):
+    torch.manual_seed(0)
+    net = zoo.build_model(name, SHAPES[name], width=4, method="cpg")
+    assert isinstance(net, zoo.CPG_MODELS[name]) and net.config["method"] == "cpg"
+    x = torch.randn(24, *SHAPES[name])
+    data = TensorDataset(x, torch.arange(24) % 3)
+    for t in range(2):
+        net.train_task(t, data, batch_size=8, num_classes=3, epochs=1, progress=False, goal=1.0,
+                       optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+    loaded = zoo.load_checkpoint(zoo.save_checkpoint(net, tmp_path / "model.pt"))
+    assert type(loaded) is type(net) and loaded.config == net.config
+    net.eval(), loaded.eval()
+    with torch.no_grad():
+        assert all(torch.equal(loaded.logits(x, k), net.logits(x, k)) for k in range(2))
+
+
+def test_a_checkpoint_without_a_method_loads_as_plain_eidetic(tmp_path):
+    net = zoo.build_model("mlp", SHAPES["mlp"], width=4)
+    path = zoo.save_checkpoint(net, tmp_path / "model.pt")
+    saved = torch.load(path, weights_only=True)
+    del saved["config"]["method"]  # as saved before methods existed
+    torch.save(saved, path)
+    loaded = zoo.load_checkpoint(path)
+    assert type(loaded) is zoo.MLP and loaded.config["method"] == "eidetic"
+
+
 def test_the_lstm_reads_an_image_as_its_rows():
     torch.manual_seed(0)
     images = zoo.build_model("lstm", (2, 4, 3), width=5)
