@@ -28,7 +28,7 @@ and for CPG the units grown per task. A Markdown table; ``--json`` also writes e
 
 Run::
 
-    python benchmarks/methods.py                         # about 25 minutes on two CPU cores
+    python benchmarks/methods.py                         # about 4 minutes on two CPU cores
     python benchmarks/methods.py --quick                 # a smoke run, under a minute
     python benchmarks/methods.py --benchmarks small-permuted-mnist --goal 0.9 --json methods.json
 """

@@ -11,13 +11,15 @@ after each one, and writes to the results folder:
 * ``model.pt``: the final network (:func:`eidetic.zoo.load_checkpoint` rebuilds it).
 
 With no option it learns Split digits (scikit-learn's bundled digits, five tasks of two
-classes, no download) with an MLP, in seconds.
+classes, no download) with an MLP, in seconds. ``--method cpg`` learns with
+:class:`~eidetic.CPGMixin` (picking, growth to ``--goal``, compacting; see docs/cpg.md).
 
 Example::
 
     eidetic run
     eidetic run --benchmark permuted-mnist --data-dir data/mnist --model mlp --tasks 10 --epochs 3
     python -m eidetic run --model resnet --epochs 2 --out runs/resnet
+    eidetic run --method cpg --goal 0.98 --max-growth 2
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from . import __version__, datasets, zoo
 from .errors import EideticError
 from .evaluation.runs import Results, evaluate
 from .mixins.growing import Growing
+from .mixins.picking import Picking
 from .network import ContinualNetwork
 from .training.pruning import Pruning
 from .training.session import Callback
@@ -192,12 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="eidetic: train, prune, freeze, recycle; cpg: the CPG mixin on top (picking masks over "
                              "old weights, growth while a task misses --goal, compacting while the goal holds)")
     method.add_argument("--goal", type=_float_in(0, 1), default=None,
-                        help="cpg: the accuracy goal on the training data (default: 0.95)")
+                        help="cpg: the accuracy goal on the training data; a task from the second on grows while "
+                             "it misses it, and pruning keeps its steps while the goal holds (instead of "
+                             "--tolerance) (default: 0.95)")
     method.add_argument("--grow-step", type=_float_in(0, 1, low_open=True), default=None,
                         help="cpg: units added per growth step, as a fraction of each layer's initial width "
                              "(default: 0.25)")
     method.add_argument("--max-growth", type=_float_in(1, 100), default=None,
                         help="cpg: the body grows to at most this many times its initial parameters (default: 1.5)")
+    method.add_argument("--pick-lr", type=_float_in(0, 10, low_open=True), default=None,
+                        help="cpg: Adam learning rate of the picking scores over the old weights (default: 1e-4, "
+                             "CPG's; a score needs about 50 steps at 1e-4 to drop its weight, so short runs keep "
+                             "every old weight)")
     other = run.add_argument_group("run")
     other.add_argument("--router", choices=ROUTERS, default="auto",
                        help="router for task-ID-free (routed) accuracy ('none': skip it)")
@@ -208,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     other.add_argument("--threads", type=_int_at_least(1), default=None,
                        help="CPU threads for torch (default: 1 on digits, all cores on MNIST)")
     other.add_argument("--out", type=Path, default=None,
-                       help="results folder (default: runs/<benchmark>-<model>-<date>-<time>)")
+                       help="results folder (default: runs/<benchmark>-<model>[-cpg]-<date>-<time>)")
     other.add_argument("--no-plots", action="store_true", help="skip the PNG pictures (no matplotlib needed)")
     other.add_argument("--no-progress", action="store_true", help="no progress bars")
     other.add_argument("-v", "--verbose", action="store_true",
@@ -237,6 +246,7 @@ class Config:
     goal: float | None
     grow_step: float | None
     max_growth: float | None
+    pick_lr: float | None
     router: str
     memory: int
     seed: int
@@ -270,7 +280,7 @@ def resolve(args: argparse.Namespace, error) -> Config:
     if model in ("convnet", "resnet") and args.benchmark.startswith("sequential"):
         error(f"argument --model: {args.benchmark} gives sequences of rows, not images; use lstm or mlp")
     width = args.width if args.width is not None else (base.mlp_width if model == "mlp" else None)
-    cpg = {"goal": 0.95, "grow_step": 0.25, "max_growth": 1.5}
+    cpg = {"goal": 0.95, "grow_step": 0.25, "max_growth": 1.5, "pick_lr": 1e-4}
     if args.method != "cpg":
         given = [f"--{k.replace('_', '-')}" for k in cpg if getattr(args, k) is not None]
         if given:
@@ -278,7 +288,8 @@ def resolve(args: argparse.Namespace, error) -> Config:
         cpg = dict.fromkeys(cpg)
     else:
         cpg = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in cpg.items()}
-    out = args.out or Path("runs") / f"{args.benchmark}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tag = "" if args.method == "eidetic" else f"-{args.method}"
+    out = args.out or Path("runs") / f"{args.benchmark}-{model}{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and not out.is_dir():
         error(f"argument --out: {out} exists and is not a folder")
     return Config(
@@ -364,12 +375,14 @@ def train(config: Config) -> Run:
     tasks = bench.as_tasks(config.batch_size, seed=config.seed)
     net = zoo.build_model(config.model, bench.input_shape, config.width, method=config.method).to(config.device)
     extra = {} if config.method != "cpg" else {
-        "goal": config.goal, "growing": Growing(step=config.grow_step, max_ratio=config.max_growth)}
+        "goal": config.goal, "growing": Growing(step=config.grow_step, max_ratio=config.max_growth),
+        "picking": Picking(lr=config.pick_lr)}
     run = Run(config, net, bench)
     run.timings = {"load": time.perf_counter() - start, "tasks": []}
     print(f"eidetic {__version__}: {config.benchmark}, {len(bench)} tasks, {config.model} "
           f"({sum(p.numel() for p in net.parameters()):,} parameters), {config.epochs} epoch(s) per task, "
-          f"pruning {config.pruning}, method {config.method}{f' (goal {config.goal:g})' if config.goal else ''}, "
+          f"pruning {config.pruning}, method {config.method}"
+          f"{'' if config.goal is None else f' (goal {config.goal:g})'}, "
           f"device {config.device}\ndata: {bench.source}")
     pruning = None if config.pruning == "none" else Pruning(
         method=config.pruning, step=config.prune_step, threshold=config.threshold, tolerance=config.tolerance,
@@ -411,7 +424,9 @@ def _task_line(k: int, total: int, classes: list[int], report, evaluation) -> st
     units = sum(report.units.values())
     free = sum(report.free_units.values())
     accuracies = " ".join(f"{t.oracle:.3f}" for t in evaluation.tasks)
-    grown = f"grew {sum(report.grown.values())} units ({len(report.attempts)} attempts), " if report.grown else ""
+    grown = "" if report.goal is None else (  # cpg: the goal, the attempts (one per growth step), the growth kept
+        f"goal {'met' if report.goal_met else 'missed'}, {len(report.attempts)} attempt(s), kept "
+        f"{report.kept_attempt + 1}, grew {sum(report.grown.values())} units, ")
     return (f"task {k + 1}/{total} [{names}]: train acc {report.final_metric:.3f}, "
             f"{kept}/{len(report.prune_steps)} pruning steps kept, {grown}{units} units frozen, {free} free, "
             f"{report.seconds['total']:.1f}s | test acc of tasks so far: {accuracies}")

@@ -25,6 +25,7 @@ from .graph import UnitGraph, discover, validate
 from .guarantee import phases
 from .guarantee.eras import AlignedInputs, Era, paused
 from .guarantee.guard import Guard
+from .guarantee.layout import LayoutSensitiveCalls, moved_calls
 from .guarantee.masks import Mask
 from .guarantee.norm import FrozenNorms
 from .guarantee.ownership import Ownership
@@ -445,13 +446,23 @@ class ContinualNetwork(nn.Module):
         added = check_request(graph, units)
         if added:
             undo = Widening(self)
-            before = self._finished_outputs()
+            with LayoutSensitiveCalls() as calls_before:
+                before = self._finished_outputs()
             try:
                 self._resize(added)
                 if recycle:
                     phases.recycle(state.layers, state.graph, state.ownership)
                 self._make_guard()
-                after = self._finished_outputs()
+                with LayoutSensitiveCalls() as calls_after:
+                    after = self._finished_outputs()
+                sensitive = moved_calls(calls_before.seen, calls_after.seen)
+                if sensitive:
+                    raise GraphError(
+                        f"widening {added} would reshape the input of {'; '.join(sensitive)} in the forward pass, "
+                        "whose CPU kernel rounds an element differently depending on where it sits in the tensor, "
+                        "so a finished task's outputs could change in their last bits on some batches; nothing was "
+                        "changed. Use a ReLU-family, tanh or hardswish activation after the layers you widen, or do "
+                        "not widen that group.")
                 moved = [k for k, (a, b) in enumerate(zip(before, after)) if not torch.equal(a, b)]
                 if moved:
                     raise GraphError(

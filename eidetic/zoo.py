@@ -10,6 +10,11 @@ input shape and a width, and returns features; ``train_task`` adds the heads.
   projection skips that halve the resolution), global average pooling.
 * :class:`RowLSTM`: a two-layer LSTM reading the input row by row, features from its last step.
 
+Each has a twin with :class:`~eidetic.CPGMixin` (compacting, picking, growing): :class:`CPGMLP`,
+:class:`CPGConvNet`, :class:`CPGResNet` and :class:`CPGRowLSTM` (``build_model(..., method="cpg")``).
+A model's ``config`` records its method, so that :func:`load_checkpoint` rebuilds the same class;
+checkpoints saved before methods existed load as plain ``"eidetic"`` models.
+
 Example::
 
     from eidetic import zoo
@@ -18,6 +23,7 @@ Example::
     net.train_task(0, loader, num_classes=10, optimizer=make_optimizer, epochs=3)
     zoo.save_checkpoint(net, "model.pt")
     same = zoo.load_checkpoint("model.pt")            # same class, same weights, same tasks
+    cpg = zoo.build_model("mlp", (1, 8, 8), method="cpg")   # train_task takes goal=, picking=, growing=
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ _CHECKPOINT_FORMAT = 1
 
 
 class _ZooModel(ContinualNetwork):
-    """A ContinualNetwork that remembers how it was built (``config``), for checkpoints."""
+    """A ContinualNetwork that remembers how it was built (``config``), for checkpoints; its
+    ``"method"`` is ``"cpg"`` for the classes with :class:`~eidetic.CPGMixin`, else ``"eidetic"``."""
 
     name = ""
     default_width = 0
@@ -48,7 +55,8 @@ class _ZooModel(ContinualNetwork):
         width = self.default_width if width is None else width
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"width must be a positive int, got {width!r}")
-        self.config = {"model": self.name, "input_shape": [int(d) for d in input_shape], "width": width}
+        self.config = {"model": self.name, "method": "cpg" if isinstance(self, CPGMixin) else "eidetic",
+                       "input_shape": [int(d) for d in input_shape], "width": width}
 
 
 class MLP(_ZooModel):
@@ -222,6 +230,7 @@ CPG_MODELS: dict[str, type[_ZooModel]] = {"mlp": CPGMLP, "convnet": CPGConvNet, 
 """The models by name, with :class:`~eidetic.CPGMixin`."""
 METHODS = ("eidetic", "cpg")
 """How a model learns: the base class alone, or with the CPG mixin."""
+_CLASSES = {"eidetic": MODELS, "cpg": CPG_MODELS}
 
 
 def build_model(name: str, input_shape: tuple[int, ...], width: int | None = None,
@@ -239,9 +248,7 @@ def build_model(name: str, input_shape: tuple[int, ...], width: int | None = Non
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    net = (CPG_MODELS if method == "cpg" else MODELS)[name](tuple(input_shape), width)
-    net.config["method"] = method
-    return net
+    return _CLASSES[method][name](tuple(input_shape), width)
 
 
 def save_checkpoint(net: _ZooModel, path: str | Path) -> Path:
@@ -261,7 +268,8 @@ def save_checkpoint(net: _ZooModel, path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> ContinualNetwork:
-    """Rebuild a zoo model saved by :func:`save_checkpoint`, with every task it learnt.
+    """Rebuild a zoo model saved by :func:`save_checkpoint`, with every task it learnt, as the
+    class it was saved from (its ``config["method"]``; ``"eidetic"`` when the checkpoint has none).
 
     Example::
 
@@ -274,9 +282,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path} is not an eidetic.zoo checkpoint")
     config = dict(saved["config"])
     name, method = config.pop("model"), config.pop("method", "eidetic")  # older checkpoints: no method
-    if name not in MODELS or method not in METHODS:
-        raise CheckpointError(f"{path} holds an unknown model {name!r} or method {method!r}")
-    net = (CPG_MODELS if method == "cpg" else MODELS)[name](tuple(config.pop("input_shape")), **config)
-    net.config["method"] = method
+    if name not in MODELS:
+        raise CheckpointError(f"{path} holds an unknown model {name!r}")
+    if method not in METHODS:
+        raise CheckpointError(f"{path} holds a model of an unknown method {method!r}; this eidetic knows "
+                              f"{', '.join(METHODS)}")
+    net = _CLASSES[method][name](tuple(config.pop("input_shape")), **config)
     net.load_state_dict(saved["state_dict"])
     return net

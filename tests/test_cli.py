@@ -3,7 +3,9 @@ accuracy matrix (BWT exactly 0), and clear errors with no traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import subprocess
 import sys
@@ -140,30 +142,99 @@ def test_split_mnist_from_tiny_idx_files(capsys, tmp_path):
     assert [t["train_samples"] for t in document["benchmark"]["tasks"]] == [40, 40]
 
 
-def test_cpg_runs_the_main_job_with_the_mixin(capsys, tmp_path):
-    """Goal 1.0 on the training data cannot be met by task 1's first attempt: it grows."""
-    code, out, err = run(capsys, "run", "--method", "cpg", "--goal", "1.0", "--max-growth", "2", "--width", "16",
-                         *QUICK, "--no-plots", "--out", tmp_path)
-    assert code == 0, err
-    assert "method cpg (goal 1)" in out and "BWT +0.0000" in out
-    document = json.loads((tmp_path / "results.json").read_text())
-    assert document["config"]["method"] == "cpg" and document["model"]["method"] == "cpg"
-    reports = document["results"]["reports"]
-    assert reports[0]["grown"] == {} and len(reports[0]["attempts"]) == 1  # the first task does not grow
-    assert reports[1]["goal"] == 1.0 and len(reports[1]["attempts"]) > 1
-    net = zoo.load_checkpoint(tmp_path / "model.pt").eval()
-    assert isinstance(net, zoo.CPGMLP) and net.num_tasks == 2
+CPG = ["--method", "cpg", "--goal", "1.0", "--max-growth", "2", "--width", "16", *QUICK, "--no-plots"]
+"""Goal 1.0 on the training data, which task 1 misses at width 16 after one epoch: it grows."""
+
+
+@pytest.fixture(scope="module")
+def cpg_run(tmp_path_factory):
+    """One tiny ``eidetic run --method cpg`` (main's steps, keeping the network in memory)."""
+    out = tmp_path_factory.mktemp("cpg") / "results"
+    argv = ["run", *CPG, "--out", str(out)]
+    args = cli.build_parser().parse_args(argv)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        run = cli.train(cli.resolve(args, args.error))
+        cli.write_outputs(run, argv)
+    return run, out, printed.getvalue()
+
+
+def test_cpg_records_the_method_the_attempts_and_the_growth(cpg_run):
+    _, out, printed = cpg_run
+    assert "method cpg (goal 1)" in printed
+    document = json.loads((out / "results.json").read_text())
+    assert document["config"]["method"] == "cpg" and document["config"]["goal"] == 1.0
+    assert document["config"]["max_growth"] == 2.0 and document["config"]["grow_step"] == 0.25
+    assert document["model"]["method"] == "cpg"
+    assert document["results"]["bwt"] == 0.0 and document["logits_identical"] is True
+    first, second = document["results"]["reports"]
+    assert first["grown"] == {} and len(first["attempts"]) == 1  # the first task does not grow
+    assert first["picked"] == {}  # nor has old weights to pick
+    assert second["goal"] == 1.0 and len(second["attempts"]) > 1 and second["kept_attempt"] > 0
+    assert second["grown"] and all(n > 0 for n in second["grown"].values())
+    assert set(second["picked"]) == {"fcs.0", "fcs.1"}
+    grown = sum(second["grown"].values())
+    assert f"{len(second['attempts'])} attempt(s), kept {second['kept_attempt'] + 1}, grew {grown} units" in printed
+    assert "goal missed, 1 attempt(s), kept 1, grew 0 units" in printed or "goal met, 1 attempt(s)" in printed
+    units = {row["group"]: row["total"] for row in document["capacity"]["layers"]}
+    assert units == {group: 16 + n for group, n in second["grown"].items()}  # the network kept its growth
+
+
+def test_cpg_checkpoint_reloads_bitwise(cpg_run):
+    run, out, _ = cpg_run
+    loaded = zoo.load_checkpoint(out / "model.pt").eval()
+    assert type(loaded) is zoo.CPGMLP and loaded.config == run.net.config and loaded.num_tasks == 2
+    net = run.net.eval()
     bench = load_benchmark("split-digits", tasks=2)
     with torch.no_grad():
         for k, test in enumerate(bench.test):
+            x = test.tensors[0]
+            assert torch.equal(loaded.logits(x, k), net.logits(x, k))
+            expected, got = net.predict(x), loaded.predict(x)
+            assert torch.equal(got.task, expected.task) and torch.equal(got.label, expected.label)
+
+
+def test_cpg_from_main(capsys, tmp_path):
+    code, out, err = run(capsys, "run", *CPG, "--tasks", "1", "--pick-lr", "1e-3", "--out", tmp_path)
+    assert code == 0, err
+    assert "task 1/1 [0,1]" in out and "attempt(s)" in out and "BWT +0.0000" in out
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["config"]["pick_lr"] == 1e-3 and document["config"]["tasks"] == 1
+
+
+def test_cpg_names_its_default_folder():
+    args = cli.build_parser().parse_args(["run", "--method", "cpg"])
+    config = cli.resolve(args, args.error)
+    assert Path(config.out).name.startswith("split-digits-mlp-cpg-")
+    assert (config.goal, config.grow_step, config.max_growth, config.pick_lr) == (0.95, 0.25, 1.5, 1e-4)
+    args = cli.build_parser().parse_args(["run"])
+    config = cli.resolve(args, args.error)
+    assert config.method == "eidetic" and config.goal is None and config.pick_lr is None
+
+
+def test_cpg_picking_keeps_the_accuracy_matrix_flat(capsys, tmp_path):
+    """With a picking lr that drops old weights, every task's accuracy in the matrix is that of its
+    own (masked) logits, and never changes."""
+    code, _, err = run(capsys, "run", *CPG, "--tasks", "3", "--pick-lr", "1e-2", "--out", tmp_path)
+    assert code == 0, err
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert any(p and min(p.values()) < 1 for p in (r["picked"] for r in document["results"]["reports"]))
+    assert document["logits_identical"] is True
+    net = zoo.load_checkpoint(tmp_path / "model.pt").eval()
+    with torch.no_grad():
+        for k, test in enumerate(load_benchmark("split-digits", tasks=3).test):
             x, y = test.tensors
             accuracy = (net.logits(x, k).argmax(dim=1) == y).double().mean().item()
-            assert accuracy == pytest.approx(document["results"]["matrix"][-1][k], abs=1e-12)
+            assert [row[k] for row in document["results"]["matrix"][k:]] == [accuracy] * (3 - k)
 
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["run", "--goal", "0.9"], "argument --goal: only with --method cpg"),
     (["run", "--max-growth", "2"], "argument --max-growth: only with --method cpg"),
+    (["run", "--method", "eidetic", "--grow-step", "0.5"], "argument --grow-step: only with --method cpg"),
+    (["run", "--pick-lr", "1e-3"], "argument --pick-lr: only with --method cpg"),
+    (["run", "--method", "cpg", "--grow-step", "0"], "must be in (0, 1]"),
+    (["run", "--method", "cpg", "--pick-lr", "-1"], "must be in (0, 10]"),
     (["run", "--method", "cpg", "--goal", "1.5"], "must be in [0, 1]"),
     (["run", "--method", "cpg", "--max-growth", "0.5"], "must be in [1, 100]"),
     (["run", "--method", "pnn"], "invalid choice: 'pnn'"),

@@ -282,6 +282,20 @@ def test_a_task_mask_changes_only_its_own_outputs():
         assert set(routed.task.tolist()) == {0, 1}
         for i, k in enumerate(routed.task.tolist()):
             assert routed.label[i] == net.logits(x, k)[i].argmax()
+    x, y = _data(6, n=400)[:]
+    evaluation = eidetic.evaluate(net, [TensorDataset(x, y)] * 2, batch_size=50, router=_ToTaskZero())
+    for k in (0, 1):  # oracle accuracy is that of the task's own logits, even where the router sent the input
+        with torch.no_grad():
+            expected = (net.logits(x, k).argmax(dim=1) == y).double().mean().item()
+        assert evaluation.tasks[k].oracle == expected
+    assert evaluation.tasks[1].routing == 0.0
+
+
+class _ToTaskZero:
+    """A router that sends every input to task 0."""
+
+    def scores(self, features, logits):
+        return torch.stack([torch.ones(len(features))] + [torch.zeros(len(features))] * (len(logits) - 1), dim=1)
 
 
 def test_picking_scores_get_the_straight_through_gradient_and_weights_the_true_one():

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_widening import LAYOUT_STABLE
 from torch import nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
@@ -29,7 +30,6 @@ from models import CNN, MLP, input_shape
 from strategies import cnn_specs, mlp_specs, optimizers, runs
 
 examples = settings(max_examples=max(10, settings.default.max_examples // 8))
-LAYOUT_STABLE = ("gelu", "leaky_relu", "relu", "tanh")
 
 
 def random_mask(parameter: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
@@ -245,7 +245,7 @@ def test_a_masked_task_keeps_its_shape_when_a_covered_layer_is_widened_again():
     widened again; the masked task that ended in between must still see it at its own shape."""
     from strategies import OptimizerChoice, TaskPlan
 
-    spec = {"in": 3, "widths": [4, 7, 2], "bn": True, "act": "gelu", "dropout": 0.25, "single_head": False}
+    spec = {"in": 3, "widths": [4, 7, 2], "bn": True, "act": "tanh", "dropout": 0.25, "single_head": False}
     sgd = OptimizerChoice("SGD", (("lr", 0.01), ("momentum", 0.9), ("nesterov", False), ("weight_decay", 0.0)), False)
     plans = [TaskPlan(classes=2, samples=16, batch_size=8, epochs=1, pruning=None, clip=None)] * 2
     run_masked(MLP, spec, sgd, plans, 0, {1: (1, "unit")}, {0: 0, 1: 0})

@@ -85,12 +85,12 @@ def evaluate(net, test_data: Sequence, *, batch_size: int | None = None, router=
     for k in range(tasks):
         loader = as_loader(test_data[k], batch_size, shuffle=False, name=f"test_data[{k}]")
         samples, oracle, routed, routing = 0, 0, 0, 0
+        own_pass = router is None or net._eidetic.masks.has(k)  # a masked task's logits need its own pass
         for x, y in batches(loader, net._device(), f"test_data[{k}]"):
-            if router is None:
-                oracle += int((net.logits(x, k).argmax(dim=1) == y).sum())
-            else:
-                p = net.predict(x, router=None if router == "auto" else router)
-                oracle += int((p.logits[k].argmax(dim=1) == y).sum())
+            p = None if router is None else net.predict(x, router=None if router == "auto" else router)
+            logits = net.logits(x, k) if own_pass else p.logits[k]
+            oracle += int((logits.argmax(dim=1) == y).sum())
+            if p is not None:
                 right_task = p.task == k
                 routing += int(right_task.sum())
                 routed += int((right_task & (p.label == y)).sum())

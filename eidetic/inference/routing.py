@@ -267,7 +267,9 @@ class Prediction:
         task_scores: the router's scores, ``(inputs, tasks)``.
         task_probs: softmax of the router's scores.
         label_probs: softmax of the chosen head's logits, padded with zeros to the widest head.
-        logits: every finished task's logits (``logits[k]`` is task ``k``'s head output).
+        logits: every finished task's logits (``logits[k]`` is task ``k``'s head output). A task
+            with a mask (CPG's picking) has its own logits only on the inputs routed to it; the
+            other rows come from the shared pass: use ``net.logits(x, k)`` for all of them.
     """
 
     task: torch.Tensor
