@@ -31,6 +31,7 @@ from .guarantee.norm import FrozenNorms
 from .guarantee.ownership import Ownership
 from .guarantee.slices import head_columns, out_mask, row_owners
 from .guarantee.widening import check_request, resize_body, touched
+from .inference import export as exporting
 from .inference import predict as prediction
 from .inference.heads import TaskHeads
 from .inference.routing import Prediction
@@ -207,6 +208,32 @@ class ContinualNetwork(nn.Module):
             net.fit_router([task0_data, task1_data], batch_size=256)
         """
         prediction.fit_router(self, data, batch_size=batch_size, steps=steps, lr=lr)
+
+    def export(self, tasks: int | Sequence[int] | None = None, *, router=None) -> nn.Module:
+        """A plain module for deployment that computes the given finished tasks' logits with only
+        the units they read: free, pruned and later tasks' units are physically removed.
+
+        The result is ``torch.export``'s module (a ``torch.fx.GraphModule`` of plain torch
+        operations, importing nothing from eidetic) with a dynamic batch size, in evaluation
+        mode. Its outputs match :meth:`logits` within float tolerance, not bitwise: its matrix
+        products run at the smaller shapes. See docs/scaling.md.
+
+        Args:
+            tasks: a task (the module returns its logits), a sequence of tasks (a tuple of their
+                logits, in that order) or ``None`` for every finished task.
+            router: also route, as :meth:`predict` does: ``"auto"`` (predict's default router),
+                ``"learned"``, ``"statistics"``, a confidence measure or a router object. The
+                module then returns ``(task, label)`` for each input, choosing among ``tasks``;
+                the body keeps every finished task's units (the router reads them).
+
+        Example::
+
+            small = net.export(tasks=[0, 1])
+            logits0, logits1 = small(x)
+            program = torch.export.export(net.export(router="auto"), (x,))
+            torch.export.save(program, "net.pt2")     # load with torch.export.load, no eidetic needed
+        """
+        return exporting.export(self, tasks, router)
 
     # ------------------------------------------------------------------ training
 

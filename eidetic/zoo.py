@@ -194,7 +194,7 @@ class RowLSTM(_ZooModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4:  # (N, C, H, W): H rows of C * W pixels
             x = x.permute(0, 2, 1, 3)
-        out, _ = self.lstm(x.reshape(len(x), self.steps, -1))
+        out, _ = self.lstm(x.reshape(x.shape[0], self.steps, -1))
         return out[:, -1]
 
 

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
 import eidetic
+from eidetic.testing import all_logits, optimizers, runs
 
-from checks import all_logits
 from models import CNN, MLP, ResNet, input_shape
-from strategies import cnn_specs, mlp_specs, optimizers, resnet_specs, runs
+from strategies import cnn_specs, mlp_specs, resnet_specs
 
 families = st.one_of(
     st.tuples(st.just(MLP), mlp_specs()),

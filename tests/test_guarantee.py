@@ -12,9 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
-from checks import assert_persistent, check_after_task
+from eidetic.testing import assert_persistent, check_after_task, optimizers, runs
+
 from models import CNN, MLP, ConcatNet, ResNet, input_shape
-from strategies import cnn_specs, concat_specs, mlp_specs, optimizers, resnet_specs, runs
+from strategies import cnn_specs, concat_specs, mlp_specs, resnet_specs
 
 seeds = st.integers(0, 2**16)
 

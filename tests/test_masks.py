@@ -24,10 +24,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import eidetic
 from eidetic.guarantee.masks import pack, unpack
+from eidetic.testing import all_logits, assert_resistance, assert_same_units, optimizers, runs, unit_state
 
-from checks import all_logits, assert_resistance, assert_same_units, unit_state
 from models import CNN, MLP, input_shape
-from strategies import cnn_specs, mlp_specs, optimizers, runs
+from strategies import cnn_specs, mlp_specs
 
 examples = settings(max_examples=max(10, settings.default.max_examples // 8))
 
@@ -243,7 +243,7 @@ def test_masked_pass_gradients_after_a_widening():
 def test_a_masked_task_keeps_its_shape_when_a_covered_layer_is_widened_again():
     """Found by the property above: a layer whose frozen units an older era already covers is
     widened again; the masked task that ended in between must still see it at its own shape."""
-    from strategies import OptimizerChoice, TaskPlan
+    from eidetic.testing import OptimizerChoice, TaskPlan
 
     spec = {"in": 3, "widths": [4, 7, 2], "bn": True, "act": "tanh", "dropout": 0.25, "single_head": False}
     sgd = OptimizerChoice("SGD", (("lr", 0.01), ("momentum", 0.9), ("nesterov", False), ("weight_decay", 0.0)), False)

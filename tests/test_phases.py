@@ -10,9 +10,9 @@ from torch.utils.data import TensorDataset
 
 import eidetic
 from eidetic.guarantee.ownership import Ownership
+from eidetic.testing import all_logits, assert_resistance
 from eidetic.training.pruning import group_blocks, select
 
-from checks import all_logits, assert_resistance
 from models import MLP
 
 SPEC = {"in": 6, "widths": [8, 5], "bn": True, "act": "relu"}

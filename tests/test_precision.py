@@ -14,10 +14,10 @@ from test_widening import _check_unchanged
 from torch.utils.data import DataLoader, TensorDataset
 
 import eidetic
+from eidetic.testing import OptimizerChoice, all_logits, optimizers, prunings, unit_state
 
-from checks import all_logits, unit_state
 from models import CNN, MLP, input_shape
-from strategies import OptimizerChoice, cnn_specs, mlp_specs, optimizers, prunings
+from strategies import cnn_specs, mlp_specs
 
 examples = settings(max_examples=max(10, settings.default.max_examples // 8))  # 25 by default, 250 deep
 precisions = st.lists(st.sampled_from(["bf16", "fp16", None]), min_size=2, max_size=3)

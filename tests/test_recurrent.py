@@ -16,9 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import eidetic
 from eidetic.graph.recurrent import RecurrentSpec, check_recurrent
-
-from checks import all_logits, check_after_task
-from strategies import optimizers, runs
+from eidetic.testing import all_logits, check_after_task, optimizers, runs
 
 KINDS = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN": nn.RNN}
 FEATURES, STEPS = 3, 4
@@ -54,7 +52,7 @@ class SeqNet(eidetic.ContinualNetwork):
         elif not spec["batch_first"]:
             out = out.transpose(0, 1)
         if spec["read"] == "last":
-            return out[torch.arange(len(x)), lengths - 1]
+            return out[torch.arange(x.shape[0]), lengths - 1]
         return out.sum(dim=1) / lengths[:, None]
 
 

@@ -7,8 +7,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 import eidetic
+from eidetic.testing import all_logits, assert_persistent, frozen_state
 
-from checks import all_logits, assert_persistent, frozen_state
 from models import MLP
 
 SPEC = {"in": 8, "widths": [16, 12], "bn": True, "act": "relu"}

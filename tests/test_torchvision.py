@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 import eidetic
-
-from checks import check_after_task
+from eidetic.testing import check_after_task
 
 tv = pytest.importorskip("torchvision")
 from torchvision.models import (  # noqa: E402

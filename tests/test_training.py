@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import eidetic
+from eidetic.testing import all_logits
 
-from checks import all_logits
 from models import MLP
 
 SPEC = {"in": 6, "widths": [8, 5], "bn": True, "act": "relu"}

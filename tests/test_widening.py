@@ -22,10 +22,18 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import eidetic
+from eidetic.testing import (
+    OptimizerChoice,
+    all_logits,
+    assert_resistance,
+    assert_same_units,
+    optimizers,
+    runs,
+    unit_state,
+)
 
-from checks import all_logits, assert_resistance, assert_same_units, unit_state
 from models import CNN, MLP, ConcatNet, ResNet, input_shape
-from strategies import OptimizerChoice, cnn_specs, concat_specs, mlp_specs, optimizers, resnet_specs, runs
+from strategies import cnn_specs, concat_specs, mlp_specs, resnet_specs
 
 seeds = st.integers(0, 2**16)
 examples = settings(max_examples=max(10, settings.default.max_examples // 8))  # 25 by default, 250 deep

@@ -145,8 +145,8 @@ class FeatureStatsRouter:
         # expanded as f^2.w - 2 f.(m w) + m^2.w, with w_i = 1 / variance_i on the task's features.
         distance = ((f**2) @ packed.weights.T)[:, packed.task_of_class] - 2 * f @ packed.weighted_means.T
         distance = (distance + packed.mean_terms).clamp(min=0)
-        nearest = torch.full((len(f), len(packed.dof)), math.inf, dtype=torch.float64, device=f.device)
-        nearest.scatter_reduce_(1, packed.task_of_class.expand(len(f), -1), distance, "amin")
+        nearest = torch.full((f.shape[0], len(packed.dof)), math.inf, dtype=torch.float64, device=f.device)
+        nearest.scatter_reduce_(1, packed.task_of_class.expand(f.shape[0], -1), distance, "amin")
         survival = torch.special.gammaincc(packed.dof, nearest / 2).clamp(min=torch.finfo(torch.float64).tiny)
         return survival.log().to(features.dtype)
 
