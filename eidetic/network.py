@@ -259,6 +259,7 @@ class ContinualNetwork(nn.Module):
         callbacks: Sequence[Callback] = (),
         progress: bool = True,
         precision: str | None = None,
+        compile: bool | dict = False,
     ) -> TaskReport:
         """Train a new task, prune it, freeze the units it kept and recycle the rest.
 
@@ -295,6 +296,10 @@ class ContinualNetwork(nn.Module):
                 with that dtype (fp16 with a gradient scaler), ``None`` for the network's dtype.
                 Evaluation (the monitored metric, pruning decisions) runs in the network's dtype,
                 and the guarantee holds for the outputs in the dtype a task was evaluated in.
+            compile: compile each training step's forward pass and loss (and so their backward)
+                with ``torch.compile``: ``True`` for its defaults, or a dict of its arguments
+                (``{"mode": "max-autotune"}``, ``{"backend": "aot_eager"}``). The optimizer step,
+                the guard's restores and every evaluation stay eager. See docs/scaling.md.
 
         Returns:
             a :class:`TaskReport`.
@@ -313,6 +318,7 @@ class ContinualNetwork(nn.Module):
         if early_stopping is not None:
             _check_int("early_stopping", early_stopping, 1)
         _check_precision(precision)
+        compile_options = _compile_options(compile)
         if pruning is not None and not isinstance(pruning, (Pruning, GracefulPruning)):
             raise TaskError(f"pruning must be an eidetic.Pruning, an eidetic.GracefulPruning or None, got "
                             f"{type(pruning).__name__}")
@@ -330,7 +336,8 @@ class ContinualNetwork(nn.Module):
 
             def build() -> tuple[TaskSession, object]:
                 session = self._session(task, head, train_loader, val_loader, tx.optimizer(self._trainable(head)),
-                                        loss_fn, metric, clip_grad_norm, callbacks, progress, l1, precision)
+                                        loss_fn, metric, clip_grad_norm, callbacks, progress, l1, precision,
+                                        compile_options)
                 return session, scheduler(session.optimizer) if scheduler is not None else None
 
             plan = Plan(build, report, epochs, early_stopping, pruning,
@@ -725,7 +732,7 @@ class ContinualNetwork(nn.Module):
         return guard
 
     def _session(self, task, head, train_loader, val_loader, optimizer, loss_fn, metric, clip_grad_norm,
-                 callbacks, progress, l1=None, precision=None) -> TaskSession:
+                 callbacks, progress, l1=None, precision=None, compile_options=None) -> TaskSession:
         state = self._eidetic
         penalty = None if l1 is None else L1Penalty(state.layers, state.graph, state.ownership, l1)
         return TaskSession(
@@ -734,6 +741,7 @@ class ContinualNetwork(nn.Module):
             loss_fn=loss_fn or F.cross_entropy, metric=metric or accuracy, check_labels=loss_fn is None,
             input_shape=state.input_shape, clip_grad_norm=clip_grad_norm, callbacks=callbacks,
             progress=progress, penalty=penalty, features=lambda x: self._features(x, task), precision=precision,
+            compile=compile_options,
         )
 
     def _forget_graph(self) -> None:
@@ -776,6 +784,27 @@ class Wrapped(ContinualNetwork):
 def _check_int(name: str, value, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise TaskError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+_COMPILE_ARGUMENTS = ("fullgraph", "dynamic", "backend", "mode", "options", "disable")
+
+
+def _compile_options(compile) -> dict | None:
+    """``train_task``'s ``compile=`` as ``torch.compile`` keyword arguments, ``None`` for eager."""
+    if compile is False:
+        return None
+    if compile is True:
+        return {}
+    if not isinstance(compile, dict):
+        raise TaskError(f"compile={compile!r}: use False, True or a dict of torch.compile's arguments")
+    unknown = sorted(set(compile) - set(_COMPILE_ARGUMENTS))
+    if unknown:
+        raise TaskError(f"compile={compile!r}: {unknown} are not torch.compile arguments; use {_COMPILE_ARGUMENTS}")
+    backend = compile.get("backend", "inductor")
+    if isinstance(backend, str) and backend not in torch._dynamo.list_backends(exclude_tags=()):
+        raise TaskError(f"compile={compile!r}: unknown torch.compile backend {backend!r}; choose among "
+                        f"{torch._dynamo.list_backends(exclude_tags=())}")
+    return dict(compile)
 
 
 def _check_precision(precision) -> None:

@@ -107,12 +107,15 @@ class TaskSession:
     penalty: Callable[[], torch.Tensor] | None = None
     features: Callable[[torch.Tensor], torch.Tensor] | None = None  # inputs -> the task's features
     precision: str | None = None  # None, "bf16" or "fp16": the training steps' autocast
+    compile: dict | None = None  # torch.compile's arguments for the step's forward and loss; None: eager
     epochs_run: int = field(default=0, init=False)
     _finite: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)  # per step since the last check
 
     def __post_init__(self) -> None:
         self.guard.watch(self.optimizer)
         self._scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        self._forward_loss = self._eager_forward_loss if self.compile is None else compiled(
+            self._eager_forward_loss, self.compile, self.task)
 
     def _autocast(self):
         if self.precision is None:
@@ -146,11 +149,7 @@ class TaskSession:
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step; returns the detached loss and the batch metric."""
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            logits = self.logits(x)
-            loss = self.loss_fn(logits, y)
-            if self.penalty is not None:
-                loss = loss + self.penalty()
+        logits, loss = self._forward_loss(x, y)
         self._watch_finite(x, logits, loss)
         scaler = self._scaler
         (loss if scaler is None else scaler.scale(loss)).backward()
@@ -169,6 +168,15 @@ class TaskSession:
         self.guard.enforce()
         with torch.no_grad():
             return loss.detach(), self.metric(logits.detach(), y)
+
+    def _eager_forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training step's logits and loss (what ``compile=`` compiles)."""
+        with self._autocast():
+            logits = self.logits(x)
+            loss = self.loss_fn(logits, y)
+            if self.penalty is not None:
+                loss = loss + self.penalty()
+        return logits, loss
 
     def train_epoch(self) -> EpochStats:
         """One pass over the training data in training mode."""
@@ -293,6 +301,29 @@ class TaskSession:
                               batches=batches(self.train_loader, self.device, "train_data"),
                               loss=lambda x, y: self.loss_fn(self.logits(x), y), features=self.forward_features,
                               max_batches=max_batches)
+
+
+def compiled(step: Callable, options: dict, task: int) -> Callable:
+    """``step`` compiled by ``torch.compile(**options)``; a failure to compile it raises a
+    :class:`TaskError` that says so (and ``train_task`` rolls the network back).
+
+    Dynamo's caches are reset first: every session has its own parameters, guard and head, so
+    the previous sessions' compiled code would never run again, but it would count towards
+    dynamo's recompile limit, past which frames fall back to eager in the middle of a compiled
+    step (which autograd then rejects), and it would keep the old sessions alive."""
+    torch._dynamo.reset()
+    function = torch.compile(step, **options)
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            return function(x, y)
+        except torch._dynamo.exc.TorchDynamoException as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise TaskError(f"compile={options!r}: torch.compile could not compile the training step of task "
+                            f"{task} ({type(error).__name__}: {first}). Train with compile=False, or without "
+                            "fullgraph=True if the network's forward breaks the graph") from error
+
+    return run
 
 
 def _length(loader: DataLoader) -> int | None:
