@@ -20,6 +20,12 @@ Run::
     python benchmarks/overhead.py                 # about 40 s on an idle two-core CPU
     python benchmarks/overhead.py --fused --threads 1 --json overhead.json
     python benchmarks/overhead.py --models cnn --steps 100 --epochs 20
+    python benchmarks/overhead.py --compile inductor    # both loops compiled (eidetic: train_task(compile=...))
+
+With ``--compile BACKEND`` the eidetic loop trains with ``train_task(compile={"backend": BACKEND})``
+(its steps' forward and loss compiled; optimizer step and guard eager) and the plain loop runs
+``torch.compile(model, backend=BACKEND)``; compilation happens in the warm-up epoch, untimed.
+Compare the table with the one of a run without ``--compile`` for the compiler's effect.
 """
 
 from __future__ import annotations
@@ -163,14 +169,16 @@ def measure(name: str, args: argparse.Namespace) -> Result:
     torch.manual_seed(args.seed)
     net = Continual(build())
     plain = Plain(build(), features)
+    compile_options = {"backend": args.compile} if args.compile else False
+    timed_plain = torch.compile(plain, backend=args.compile) if args.compile else plain
     adam = functools.partial(torch.optim.Adam, lr=1e-3, fused=args.fused)
     first = net.train_task(0, random_batches(args, args.seed), num_classes=NUM_CLASSES, optimizer=adam,
                            epochs=1, pruning=eidetic.Pruning(step=args.prune, tolerance=0.99, max_steps=1,
                                                              recovery_epochs=0), progress=False)
     loader = random_batches(args, args.seed + 1)
-    timer = Interleave(plain, adam(plain.parameters()), loader, args.warmup)
+    timer = Interleave(timed_plain, adam(plain.parameters()), loader, args.warmup)
     net.train_task(1, loader, num_classes=NUM_CLASSES, optimizer=adam, epochs=args.warmup + args.epochs,
-                   pruning=None, callbacks=[timer], progress=False)
+                   pruning=None, callbacks=[timer], progress=False, compile=compile_options)
     medians = {k: statistics.median(v) * 1e3 for k, v in timer.steps.items()}
     per_epoch = {k: sum(v) / len(timer.steps[k]) * 1e3 for k, v in timer.epochs.items()}
     return Result(name, len(timer.steps["eidetic"]), medians["plain"], medians["eidetic"],
@@ -200,6 +208,8 @@ def main() -> None:
     parser.add_argument("--prune", type=float, default=0.5,
                         help="fraction of units task 0 prunes, left free for task 1 (default: 0.5)")
     parser.add_argument("--fused", action="store_true", help="use Adam(fused=True) in both loops")
+    parser.add_argument("--compile", choices=["inductor", "aot_eager"],
+                        help="compile both loops' training steps with this torch.compile backend")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
@@ -215,7 +225,8 @@ def main() -> None:
         frozen = ", ".join(f"{k} {v}/{v + result.free_units[k]}" for k, v in result.frozen_units.items())
         print(f"{name}: units frozen by task 0: {frozen}")
     print(f"\nmedian ms per step (epoch: mean over whole epochs), batch {args.batch_size}, "
-          f"{'fused ' if args.fused else ''}Adam, {args.threads} thread(s), torch {torch.__version__}")
+          f"{'fused ' if args.fused else ''}Adam, {args.threads} thread(s), torch {torch.__version__}"
+          f"{', compiled (' + args.compile + ')' if args.compile else ''}")
     print(table(results))
     if args.json:
         write_json(args.json, args, [asdict(r) for r in results])

@@ -230,7 +230,8 @@ class ContinualNetwork(nn.Module):
 
             small = net.export(tasks=[0, 1])
             logits0, logits1 = small(x)
-            program = torch.export.export(net.export(router="auto"), (x,))
+            batch = {0: torch.export.Dim("batch")}   # without it the saved program fixes len(x)
+            program = torch.export.export(net.export(router="auto"), (x,), dynamic_shapes=(batch,))
             torch.export.save(program, "net.pt2")     # load with torch.export.load, no eidetic needed
         """
         return exporting.export(self, tasks, router)

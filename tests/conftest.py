@@ -38,3 +38,18 @@ def isolated_registries(monkeypatch):
     """Let a test register layers and importance methods without leaking them to other tests."""
     monkeypatch.setattr(eidetic.graph.layers, "_REGISTRY", dict(eidetic.graph.layers._REGISTRY))
     monkeypatch.setattr(eidetic.training.scoring, "_IMPORTANCE", dict(eidetic.training.scoring._IMPORTANCE))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", choices=["cpu", "cuda"],
+                     help="device for the tests that take the `device` fixture (the guarantee's properties); "
+                          "cuda skips them where no CUDA device is present")
+
+
+@pytest.fixture(scope="session")
+def device(request) -> torch.device:
+    """The device the guarantee's property tests run on: ``pytest --device cuda`` on a GPU."""
+    name = request.config.getoption("--device")
+    if name == "cuda" and not torch.cuda.is_available():
+        pytest.skip("--device cuda: no CUDA device here")
+    return torch.device(name)

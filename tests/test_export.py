@@ -160,7 +160,9 @@ def test_exported_program_runs_without_eidetic(tmp_path):
     x = torch.randn(3, 2, 6, 6)
     module = net.export(router="auto")
     path = tmp_path / "net.pt2"
-    torch.export.save(torch.export.export(module, (x,)), str(path))
+    batch = {0: torch.export.Dim("batch")}
+    torch.export.save(torch.export.export(module, (x,), dynamic_shapes=(batch,)), str(path))
+    x = torch.randn(5, 2, 6, 6)  # another batch size than the one traced
     torch.save(x, tmp_path / "x.pt")
     with torch.no_grad():
         task, label = module(x)

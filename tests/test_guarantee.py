@@ -2,7 +2,8 @@
 earlier task's logits, frozen slices and BatchNorm buffers are bitwise unchanged by later tasks,
 and frozen rows never read free or later units.
 
-Run a deeper search with ``pytest tests/test_guarantee.py --hypothesis-profile=deep``.
+Run a deeper search with ``pytest tests/test_guarantee.py --hypothesis-profile=deep``, and on a GPU
+with ``pytest tests/test_guarantee.py --device cuda`` (skipped where there is none).
 """
 
 from __future__ import annotations
@@ -20,18 +21,18 @@ from strategies import cnn_specs, concat_specs, mlp_specs, resnet_specs
 seeds = st.integers(0, 2**16)
 
 
-def run_and_check(family, spec, optimizer, plans, seed) -> None:
+def run_and_check(family, spec, optimizer, plans, seed, device=torch.device("cpu")) -> None:
     torch.manual_seed(seed)
-    net = family(spec)
+    net = family(spec).to(device)
     shape = input_shape(family, spec)
-    fixed = torch.randn(6, *shape)
+    fixed = torch.randn(6, *shape).to(device)
     make_optimizer = optimizer.factory()
     logits: list[torch.Tensor] = []
     frozen: list[dict] = []
     for t, plan in enumerate(plans):
         classes = plans[0].classes if spec.get("single_head") else plan.classes  # one shared head: same classes
-        x = torch.randn(plan.samples, *shape) * (1 + t)
-        y = torch.randint(0, classes, (plan.samples,))
+        x = (torch.randn(plan.samples, *shape) * (1 + t)).to(device)
+        y = torch.randint(0, classes, (plan.samples,)).to(device)
         # drop_last: a last batch of one sample cannot be trained through BatchNorm
         loader = DataLoader(TensorDataset(x, y), batch_size=plan.batch_size, shuffle=True, drop_last=True)
         net.train_task(t, loader, num_classes=classes, optimizer=make_optimizer, epochs=plan.epochs,
@@ -50,22 +51,22 @@ def run_and_check(family, spec, optimizer, plans, seed) -> None:
 
 
 @given(spec=mlp_specs(), optimizer=optimizers(), plans=runs, seed=seeds)
-def test_mlp_never_forgets(spec, optimizer, plans, seed):
+def test_mlp_never_forgets(spec, optimizer, plans, seed, device):
     """MLPs with one head per task or one shared head (CLNP's single-head setting)."""
-    run_and_check(MLP, spec, optimizer, plans, seed)
+    run_and_check(MLP, spec, optimizer, plans, seed, device)
 
 
 @given(spec=cnn_specs(), optimizer=optimizers(), plans=runs, seed=seeds)
-def test_cnn_with_batchnorm_never_forgets(spec, optimizer, plans, seed):
+def test_cnn_with_batchnorm_never_forgets(spec, optimizer, plans, seed, device):
     """Conv1d and Conv2d, plain, grouped and depthwise, with BatchNorm1d/2d."""
-    run_and_check(CNN, spec, optimizer, plans, seed)
+    run_and_check(CNN, spec, optimizer, plans, seed, device)
 
 
 @given(spec=resnet_specs(), optimizer=optimizers(), plans=runs, seed=seeds)
-def test_residual_net_never_forgets(spec, optimizer, plans, seed):
-    run_and_check(ResNet, spec, optimizer, plans, seed)
+def test_residual_net_never_forgets(spec, optimizer, plans, seed, device):
+    run_and_check(ResNet, spec, optimizer, plans, seed, device)
 
 
 @given(spec=concat_specs(), optimizer=optimizers(), plans=runs, seed=seeds)
-def test_concatenating_net_never_forgets(spec, optimizer, plans, seed):
-    run_and_check(ConcatNet, spec, optimizer, plans, seed)
+def test_concatenating_net_never_forgets(spec, optimizer, plans, seed, device):
+    run_and_check(ConcatNet, spec, optimizer, plans, seed, device)

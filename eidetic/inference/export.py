@@ -106,14 +106,16 @@ class Deployment(nn.Module):
 
     def forward(self, x: torch.Tensor):
         features = [body(x).flatten(1) for body in self.bodies]
-        logits = {k: self.heads[key](features[v]) for k, (v, key) in self.source.items()}
         if self.scorer is None:
+            logits = {k: self.heads[key](features[v]) for k, (v, key) in self.source.items()}
             return logits[self.tasks[0]] if self.single else tuple(logits[k] for k in self.tasks)
         full = features[0].new_zeros((features[0].shape[0], self.feature_dim))
         full = full.index_copy(1, self.columns[0].to(full.device), features[0])
         shared = [self.heads[f"0_{k}"](features[0]) for k in range(self.frozen)]
         scores = self.scorer.scores(full, shared)[:, self.tasks]
-        return _routed(scores, [logits[k] for k in self.tasks], self.tasks)
+        own = [shared[k] if v == 0 else self.heads[key](features[v]) for k, (v, key) in
+               ((k, self.source[k]) for k in self.tasks)]  # a masked task's logits from its own body
+        return _routed(scores, own, self.tasks)
 
 
 def _routed(scores: torch.Tensor, logits: list[torch.Tensor], tasks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
