@@ -136,3 +136,27 @@ def test_unknown_router_and_missing_tasks_are_clear_errors(trained):
         net.predict(tasks[0][1].tensors[0], router="psychic")
     with pytest.raises(eidetic.TaskError, match="at least one finished task"):
         MLP(SPEC).predict(torch.randn(2, 8))
+
+
+def test_a_float64_network_fits_and_uses_every_router():
+    """``train_task`` on ``net.double()`` fits the learned router in float64 (it used to fail in
+    fit_router with a dtype error), every router scores in float64, and the routers round-trip
+    through the state_dict."""
+    from eidetic import zoo
+
+    torch.manual_seed(0)
+    net = zoo.build_model("mlp", (6,), width=8).double()
+    for t in range(2):
+        data = torch.utils.data.TensorDataset(torch.randn(40, 6, dtype=torch.float64) + 3 * t,
+                                              torch.randint(0, 2, (40,)))
+        net.train_task(t, data, batch_size=8, num_classes=2, epochs=1, progress=False, memory=5,
+                       optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+    assert net._eidetic.routers.learned.weight.dtype == torch.float64
+    x = torch.randn(7, 6, dtype=torch.float64)
+    net.eval()
+    with torch.no_grad():
+        for router in ("learned", "statistics", "energy"):
+            assert net.predict(x, router=router).task_scores.dtype == torch.float64
+        fresh = zoo.build_model("mlp", (6,), width=8).double()
+        fresh.load_state_dict(net.state_dict())
+        assert torch.equal(fresh.eval().predict(x).task_scores, net.predict(x).task_scores)

@@ -217,7 +217,7 @@ class LearnedRouter:
         self.mean = features.mean(dim=0)
         self.scale = features.std(dim=0, correction=0).clamp(min=1e-6)
         x = (features - self.mean) / self.scale
-        layer = torch.nn.Linear(features.shape[1], num_tasks).to(features.device)
+        layer = torch.nn.Linear(features.shape[1], num_tasks).to(device=features.device, dtype=features.dtype)
         optimizer = torch.optim.Adam(layer.parameters(), lr=self.lr)
         with torch.enable_grad():
             for _ in range(self.steps):
