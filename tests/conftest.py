@@ -42,13 +42,14 @@ def isolated_registries(monkeypatch):
 
 def pytest_addoption(parser):
     parser.addoption("--device", default="cpu", choices=["cpu", "cuda"],
-                     help="device for the tests that take the `device` fixture (the guarantee's properties); "
+                     help="device for the tests that take the `device` fixture (the property tests of the guarantee, "
+                          "recurrent nets and CPG); "
                           "cuda skips them where no CUDA device is present")
 
 
 @pytest.fixture(scope="session")
 def device(request) -> torch.device:
-    """The device the guarantee's property tests run on: ``pytest --device cuda`` on a GPU."""
+    """The device the property tests run on: ``pytest --device cuda`` on a GPU."""
     name = request.config.getoption("--device")
     if name == "cuda" and not torch.cuda.is_available():
         pytest.skip("--device cuda: no CUDA device here")

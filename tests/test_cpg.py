@@ -49,11 +49,11 @@ def _loader(shape, classes, t, n=24):
     return DataLoader(TensorDataset(x, torch.randint(0, classes, (n,))), batch_size=8, shuffle=True)
 
 
-def cpg_and_check(family, spec, optimizer, tasks, growing, picking, pruning, seed):
+def cpg_and_check(family, spec, optimizer, tasks, growing, picking, pruning, seed, device=torch.device("cpu")):
     torch.manual_seed(seed)
-    net = _CPG[family](spec)
+    net = _CPG[family](spec).to(device)
     shape = (STEPS, FEATURES) if family is SeqNet else input_shape(family, spec)
-    fixed = torch.randn(6, *shape)
+    fixed = torch.randn(6, *shape).to(device)
     dropout = spec.get("dropout", 0.0) > 0
     make_optimizer = optimizer.factory()
     logits, states = [], []
@@ -77,32 +77,32 @@ def cpg_and_check(family, spec, optimizer, tasks, growing, picking, pruning, see
 @given(spec=mlp_specs(), optimizer=optimizers(), tasks=cpg_tasks, growing=growings, picking=pickings,
        pruning=prunings, seed=st.integers(0, 2**16))
 @examples
-def test_cpg_mlp_never_forgets(spec, optimizer, tasks, growing, picking, pruning, seed):
+def test_cpg_mlp_never_forgets(spec, optimizer, tasks, growing, picking, pruning, seed, device):
     """Every activation: where growth would change a finished task's bits (sigmoid), it stops instead."""
-    cpg_and_check(MLP, spec, optimizer, tasks, growing, picking, pruning, seed)
+    cpg_and_check(MLP, spec, optimizer, tasks, growing, picking, pruning, seed, device)
 
 
 @given(spec=cnn_specs(), optimizer=optimizers(), tasks=cpg_tasks, growing=growings, picking=pickings,
        pruning=prunings, seed=st.integers(0, 2**16))
 @examples
-def test_cpg_cnn_never_forgets(spec, optimizer, tasks, growing, picking, pruning, seed):
+def test_cpg_cnn_never_forgets(spec, optimizer, tasks, growing, picking, pruning, seed, device):
     """Groups read by a grouped convolution do not grow; the others do."""
-    cpg_and_check(CNN, spec, optimizer, tasks, growing, picking, pruning, seed)
+    cpg_and_check(CNN, spec, optimizer, tasks, growing, picking, pruning, seed, device)
 
 
 @given(spec=resnet_specs(), optimizer=optimizers(), tasks=cpg_tasks, growing=growings, picking=pickings,
        pruning=prunings, seed=st.integers(0, 2**16))
 @examples
-def test_cpg_residual_net_never_forgets(spec, optimizer, tasks, growing, picking, pruning, seed):
-    cpg_and_check(ResNet, spec, optimizer, tasks, growing, picking, pruning, seed)
+def test_cpg_residual_net_never_forgets(spec, optimizer, tasks, growing, picking, pruning, seed, device):
+    cpg_and_check(ResNet, spec, optimizer, tasks, growing, picking, pruning, seed, device)
 
 
 @given(spec=recurrent_specs, optimizer=optimizers(), tasks=cpg_tasks, growing=growings, picking=pickings,
        pruning=prunings, seed=st.integers(0, 2**16))
 @examples
-def test_cpg_recurrent_net_never_forgets(spec, optimizer, tasks, growing, picking, pruning, seed):
+def test_cpg_recurrent_net_never_forgets(spec, optimizer, tasks, growing, picking, pruning, seed, device):
     """Picking over gate rows and recurrent columns; growth of the hidden size."""
-    cpg_and_check(SeqNet, spec, optimizer, tasks, growing, picking, pruning, seed)
+    cpg_and_check(SeqNet, spec, optimizer, tasks, growing, picking, pruning, seed, device)
 
 
 class Net(eidetic.CPGMixin, eidetic.ContinualNetwork):

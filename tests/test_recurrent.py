@@ -76,11 +76,11 @@ def sequences(n: int, classes: int, generator: torch.Generator) -> TensorDataset
 
 
 @given(spec=recurrent_specs, optimizer=optimizers(), plans=runs, seed=st.integers(0, 2**16))
-def test_recurrent_bodies_never_forget(spec, optimizer, plans, seed):
+def test_recurrent_bodies_never_forget(spec, optimizer, plans, seed, device):
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    net = SeqNet(spec)
-    fixed = sequences(6, 2, g).tensors[0]
+    net = SeqNet(spec).to(device)
+    fixed = sequences(6, 2, g).tensors[0].to(device)
     make_optimizer = optimizer.factory()
     logits, frozen = [], []
     for t, plan in enumerate(plans[:3]):
