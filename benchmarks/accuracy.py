@@ -112,7 +112,8 @@ def run_finetune(args, bench, tasks, optimizer) -> tuple[eidetic.Results, dict]:
 def run_eidetic(args, bench, tasks, optimizer) -> tuple[eidetic.Results, dict]:
     torch.manual_seed(args.seed)
     net = make_body(args, bench.input_shape)
-    pruning = eidetic.Pruning(method=args.pruning, step=args.prune_step, tolerance=args.tolerance)
+    pruning = eidetic.Pruning(method=args.pruning, step=args.prune_step, tolerance=args.tolerance,
+                              patience=args.patience)
     results = eidetic.run_tasks(net, tasks, optimizer=optimizer, epochs=args.epochs, pruning=pruning,
                                 progress=False)
     capacity = net.capacity()
@@ -172,6 +173,8 @@ def main() -> None:
     parser.add_argument("--pruning", default="l2", help="eidetic's importance method (default: l2)")
     parser.add_argument("--prune-step", type=float, default=0.2, help="eidetic's pruning step (default: 0.2)")
     parser.add_argument("--tolerance", type=float, default=0.02, help="eidetic's pruning tolerance (default: 0.02)")
+    parser.add_argument("--patience", type=int, default=0,
+                        help="failed pruning steps retried at half the step (default: 0, as the paper)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
@@ -179,7 +182,8 @@ def main() -> None:
     args.tasks = {"permuted-mnist": args.permuted_tasks, "split-mnist": 5}
     torch.set_num_threads(args.threads)
     print(f"MLP {args.width}-{args.width}, {args.epochs} epochs, batch {args.batch_size}, AdamW lr {args.lr}, "
-          f"pruning {args.pruning} step {args.prune_step} tolerance {args.tolerance}, seed {args.seed}, "
+          f"pruning {args.pruning} step {args.prune_step} tolerance {args.tolerance} patience {args.patience}, "
+          f"seed {args.seed}, "
           f"{args.threads} thread(s), torch {torch.__version__}")
     results = {}
     for name in args.benchmarks:
