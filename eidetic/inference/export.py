@@ -113,8 +113,10 @@ class Deployment(nn.Module):
         full = full.index_copy(1, self.columns[0].to(full.device), features[0])
         shared = [self.heads[f"0_{k}"](features[0]) for k in range(self.frozen)]
         scores = self.scorer.scores(full, shared)[:, self.tasks]
-        own = [shared[k] if v == 0 else self.heads[key](features[v]) for k, (v, key) in
-               ((k, self.source[k]) for k in self.tasks)]  # a masked task's logits from its own body
+        own = []
+        for k in self.tasks:  # a masked task's logits from its own body, the others from the shared pass
+            v, key = self.source[k]
+            own.append(shared[k] if v == 0 else self.heads[key](features[v]))
         return _routed(scores, own, self.tasks)
 
 
