@@ -1,5 +1,5 @@
 """Shared by the benchmark scripts: a right-aligned text table, the JSON record of a run
-(machine, settings, results), and the process's resident memory."""
+(machine, settings, results), the process's resident memory, and interleaved timing."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import json
 import os
 import platform
 import re
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -45,3 +48,22 @@ def reset_peak() -> None:
     """Reset the peak resident memory to the current one (Linux 4.0 and later; else a no-op)."""
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(methods: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median milliseconds per call of each method, one call of each per round (after one
+    untimed warm-up call each), so that all see the same machine state."""
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for fn in methods.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in methods.items():
+            times[name].append(timed(fn))
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}

@@ -33,35 +33,16 @@ Run::
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
-from collections.abc import Callable
 
 import torch
 
 import eidetic
 from eidetic import datasets, zoo
 
-from common import text_table, write_json
+from common import interleaved, text_table, write_json
 
 MLP_WIDTH = 128  # ``eidetic run``'s MLP width on digits; the other models keep their default width
-
-
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def interleaved(methods: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median milliseconds per call of each method, one call of each per round."""
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for fn in methods.values():  # warm-up
-        fn()
-    for _ in range(rounds):
-        for name, fn in methods.items():
-            times[name].append(timed(fn))
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def masked(net: eidetic.ContinualNetwork, task: int) -> bool:

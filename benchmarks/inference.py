@@ -26,8 +26,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -36,7 +34,7 @@ from torch import nn
 import eidetic
 from eidetic import datasets, zoo
 
-from common import text_table, write_json
+from common import interleaved, text_table, write_json
 
 
 class Plain(nn.Module):
@@ -51,12 +49,6 @@ class Plain(nn.Module):
         return self.head(self.body(x))
 
 
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def measure(net: eidetic.ContinualNetwork, plain: Plain, x: torch.Tensor, rounds: int) -> dict[str, float]:
     """Median milliseconds per call of each method, interleaved round by round."""
     tasks = net.num_tasks
@@ -68,14 +60,8 @@ def measure(net: eidetic.ContinualNetwork, plain: Plain, x: torch.Tensor, rounds
         "predict, confidence router": lambda: net.predict(x, router="confidence"),
         f"{tasks} plain passes": lambda: [plain(x) for _ in range(tasks)],
     }
-    times: dict[str, list[float]] = {name: [] for name in methods}
     with torch.no_grad():
-        for fn in methods.values():  # warm-up
-            fn()
-        for _ in range(rounds):
-            for name, fn in methods.items():
-                times[name].append(timed(fn))
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+        return interleaved(methods, rounds)
 
 
 def main() -> None:
