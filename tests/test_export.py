@@ -191,34 +191,26 @@ def test_export_refusals_name_the_cause():
             net.export(tasks)
 
 
+class _Reshaping(eidetic.ContinualNetwork):
+    """One Linear layer whose features go through ``reshape``."""
 
-def test_export_refuses_a_forward_that_fixes_the_batch_size():
-    class Reshaped(eidetic.ContinualNetwork):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(4, 6)
+    def __init__(self, reshape):
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+        self.reshape = reshape
 
-        def forward(self, x):
-            return torch.relu(self.fc(x)).reshape(len(x), 6)  # len() fixes the batch size in torch.export
-
-    net = Reshaped()
-    _trained(net, (4,), 1, None, seed=7)
-    with pytest.raises(eidetic.GraphError, match="batch size"):
-        net.export()
+    def forward(self, x):
+        return self.reshape(torch.relu(self.fc(x)))
 
 
-def test_export_refuses_a_forward_that_hard_codes_a_width():
-    class HardCoded(eidetic.ContinualNetwork):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(4, 6)
-
-        def forward(self, x):
-            return torch.relu(self.fc(x)).view(-1, 6)
-
-    net = HardCoded()
-    _trained(net, (4,), 1, eidetic.Pruning(step=0.5, max_steps=1, tolerance=0.99), seed=8)
-    with pytest.raises(eidetic.GraphError, match="hard-code a width"):
+@pytest.mark.parametrize(("reshape", "pruning", "message"), [
+    (lambda h: h.reshape(len(h), 6), None, "batch size"),  # len() fixes the batch size in torch.export
+    (lambda h: h.view(-1, 6), eidetic.Pruning(step=0.5, max_steps=1, tolerance=0.99), "hard-code a width"),
+], ids=["fixed-batch", "hard-coded-width"])
+def test_export_refuses_a_forward_that_fixes_a_size(reshape, pruning, message):
+    net = _Reshaping(reshape)
+    _trained(net, (4,), 1, pruning, seed=7)
+    with pytest.raises(eidetic.GraphError, match=message):
         net.export()
 
 
