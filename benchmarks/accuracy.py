@@ -113,7 +113,8 @@ def run_eidetic(args, bench, tasks, optimizer) -> tuple[eidetic.Results, dict]:
     torch.manual_seed(args.seed)
     net = make_body(args, bench.input_shape)
     pruning = eidetic.Pruning(method=args.pruning, step=args.prune_step, tolerance=args.tolerance,
-                              patience=args.patience)
+                              recovery_epochs=args.recovery_epochs, patience=args.patience,
+                              tasks=len(tasks) if args.share else None)
     results = eidetic.run_tasks(net, tasks, optimizer=optimizer, epochs=args.epochs, pruning=pruning,
                                 progress=False)
     capacity = net.capacity()
@@ -172,7 +173,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
     parser.add_argument("--pruning", default="l2", help="eidetic's importance method (default: l2)")
     parser.add_argument("--prune-step", type=float, default=0.2, help="eidetic's pruning step (default: 0.2)")
-    parser.add_argument("--tolerance", type=float, default=0.02, help="eidetic's pruning tolerance (default: 0.02)")
+    parser.add_argument("--tolerance", type=float, default=0.005,
+                        help="eidetic's pruning tolerance (default: 0.005)")
+    parser.add_argument("--recovery-epochs", type=int, default=2,
+                        help="eidetic's recovery epochs per pruning step (default: 2)")
+    parser.add_argument("--no-share", dest="share", action="store_false",
+                        help="do not tell eidetic the number of tasks (Pruning(tasks=None): no share per task, "
+                             "the tolerance alone decides)")
     parser.add_argument("--patience", type=int, default=0,
                         help="failed pruning steps retried at half the step (default: 0, as the paper)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -182,7 +189,8 @@ def main() -> None:
     args.tasks = {"permuted-mnist": args.permuted_tasks, "split-mnist": 5}
     torch.set_num_threads(args.threads)
     print(f"MLP {args.width}-{args.width}, {args.epochs} epochs, batch {args.batch_size}, AdamW lr {args.lr}, "
-          f"pruning {args.pruning} step {args.prune_step} tolerance {args.tolerance} patience {args.patience}, "
+          f"pruning {args.pruning} step {args.prune_step} tolerance {args.tolerance} recovery {args.recovery_epochs} "
+          f"patience {args.patience} share {args.share}, "
           f"seed {args.seed}, "
           f"{args.threads} thread(s), torch {torch.__version__}")
     results = {}

@@ -51,7 +51,7 @@ from .training.pruning import Pruning
 from .training.session import Callback
 
 PRUNING_METHODS = ("l1", "l2", "taylor", "random", "activation", "none")
-ROUTERS = ("auto", "learned", "statistics", "confidence", "entropy", "energy", "none")
+ROUTERS = ("auto", "learned", "discriminant", "statistics", "confidence", "entropy", "energy", "none")
 FILES = ("results.json", "accuracy_matrix.csv", "accuracy_matrix.png", "capacity.png", "model.pt")
 """The files ``eidetic run`` writes into its results folder (the pictures unless ``--no-plots``)."""
 
@@ -71,7 +71,7 @@ class Defaults:
 
 _DEFAULTS = {
     "digits": Defaults("mlp", epochs=3, batch_size=32, lr=1e-2, tolerance=0.005, mlp_width=128, threads=1),
-    "mnist": Defaults("mlp", epochs=3, batch_size=128, lr=1e-3, tolerance=0.02, mlp_width=256, threads=None),
+    "mnist": Defaults("mlp", epochs=3, batch_size=128, lr=1e-3, tolerance=0.005, mlp_width=256, threads=None),
     "sequential-digits": Defaults("lstm", epochs=10, batch_size=32, lr=1e-2, tolerance=0.02, mlp_width=128,
                                   threads=1),
     "sequential-mnist": Defaults("lstm", epochs=3, batch_size=128, lr=3e-3, tolerance=0.02, mlp_width=256,
@@ -186,10 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "threshold; with --pruning activation: mean absolute activity)")
     prune.add_argument("--tolerance", type=_float_in(0, 1, high_open=True), default=None,
                        help="allowed relative drop of the training accuracy while pruning (default: 0.005 on "
-                            "split- and permuted-digits, 0.02 otherwise; higher prunes more, which leaves the "
+                            "digits and mnist, 0.02 otherwise; higher prunes more, which leaves the "
                             "router fewer features)")
-    prune.add_argument("--recovery-epochs", type=_int_at_least(0), default=1,
-                       help="retraining epochs after each pruning step")
+    prune.add_argument("--recovery-epochs", type=_int_at_least(0), default=2,
+                       help="retraining epochs after each pruning step (default: 2)")
+    prune.add_argument("--no-share", dest="share", action="store_false",
+                       help="eidetic: do not prune each task to its share of the free units (1 / tasks left), "
+                            "let the tolerance alone decide (Pruning(tasks=None))")
     method = run.add_argument_group("method")
     method.add_argument("--method", choices=zoo.METHODS, default="eidetic",
                         help="eidetic: train, prune, freeze, recycle; cpg: the CPG mixin on top (picking masks over "
@@ -210,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     other = run.add_argument_group("run")
     other.add_argument("--router", choices=ROUTERS, default="auto",
                        help="router for task-ID-free (routed) accuracy ('none': skip it)")
-    other.add_argument("--memory", type=_int_at_least(0), default=100,
+    other.add_argument("--memory", type=_int_at_least(0), default=200,
                        help="exemplars kept per task to fit the learned router (more: better routing)")
     other.add_argument("--seed", type=int, default=0, help="random seed (initialisation, shuffling, permutations)")
     other.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
@@ -242,6 +245,7 @@ class Config:
     threshold: float | None
     tolerance: float
     recovery_epochs: int
+    share: bool
     method: str
     goal: float | None
     grow_step: float | None
@@ -299,7 +303,8 @@ def resolve(args: argparse.Namespace, error) -> Config:
         lr=base.lr if args.lr is None else args.lr,
         pruning=args.pruning, prune_step=args.prune_step, threshold=args.threshold,
         tolerance=base.tolerance if args.tolerance is None else args.tolerance,
-        recovery_epochs=args.recovery_epochs, method=args.method, **cpg, router=args.router, memory=args.memory,
+        recovery_epochs=args.recovery_epochs, share=args.share, method=args.method, **cpg, router=args.router,
+        memory=args.memory,
         seed=args.seed,
         device=_check_device(args.device, error),
         threads=args.threads or base.threads or torch.get_num_threads(),
@@ -386,7 +391,8 @@ def train(config: Config) -> Run:
           f"device {config.device}\ndata: {bench.source}")
     pruning = None if config.pruning == "none" else Pruning(
         method=config.pruning, step=config.prune_step, threshold=config.threshold, tolerance=config.tolerance,
-        recovery_epochs=config.recovery_epochs)
+        recovery_epochs=config.recovery_epochs,
+        tasks=len(tasks) if config.share and config.method == "eidetic" else None)
     router = None if config.router == "none" else config.router
     first_logits = []
     bar = tqdm(total=len(tasks), desc="tasks", unit="task", disable=None if config.progress else True)

@@ -191,16 +191,22 @@ class ContinualNetwork(nn.Module):
         return prediction.predict(self, x, router)
 
     def fit_router(self, data: Sequence[Data] | None = None, *, batch_size: int | None = None,
-                   steps: int = 60, lr: float = 0.05) -> None:
-        """Fit the learned router (a task classifier on the features) with task ids as labels.
+                   steps: int | None = None, lr: float = prediction.ROUTER_LR) -> None:
+        """Fit the learned router: a task classifier on the features, trained with task ids as
+        labels jointly with the free units (Adam, batches of 64).
 
-        Fitting changes no head and no unit: only the router's own weights.
+        Fitting changes no head and no frozen unit (the guard holds them, as in any task's
+        training); it trains the free units, which :meth:`recycle` re-initialises, and which the
+        next task re-initialises before it trains. :meth:`recycle` calls it when every task has
+        exemplars, so you need it only to fit on your own data.
 
         Args:
             data: one dataset or loader per finished task (inputs, or ``(inputs, targets)``
-                batches); ``None`` uses the exemplars ``train_task`` kept (``memory=``).
-            batch_size: batch size for Dataset arguments.
-            steps, lr: full-batch Adam steps and learning rate.
+                batches whose targets are ignored); ``None`` uses the exemplars ``train_task``
+                kept (``memory=``).
+            batch_size: batch size for reading Dataset arguments.
+            steps: optimizer steps; ``None``: 10 passes over the data, within 20 to 300 steps.
+            lr: Adam's learning rate.
 
         Example::
 
@@ -256,7 +262,7 @@ class ContinualNetwork(nn.Module):
         early_stopping: int | None = None,
         clip_grad_norm: float | None = None,
         finish: bool = True,
-        memory: int = 20,
+        memory: int = 200,
         callbacks: Sequence[Callback] = (),
         progress: bool = True,
         precision: str | None = None,
@@ -289,8 +295,9 @@ class ContinualNetwork(nn.Module):
             clip_grad_norm: clip the gradient norm of the trained weights to this value.
             finish: freeze and recycle at the end (``False`` leaves the task open, so that
                 :meth:`prune_until`, :meth:`freeze` and :meth:`recycle` can be called by hand).
-            memory: exemplars of the task to keep for fitting the learned router (0: none). The
-                statistics router's feature statistics are recorded in any case.
+            memory: exemplars of the task to keep for fitting the learned router (0: none),
+                at one byte per value for floating-point inputs. The data-free routers'
+                statistics are recorded in any case.
             callbacks: :class:`Callback` objects.
             progress: show progress bars (on a terminal).
             precision: ``"bf16"`` or ``"fp16"`` to run the training steps under ``torch.autocast``
@@ -331,6 +338,8 @@ class ContinualNetwork(nn.Module):
         report = TaskReport(task=task, num_classes=num_classes)
         start = time.perf_counter()
         with transaction(self, example, optimizer) as tx:
+            if self._eidetic.routers.learned.fitted_tasks:  # the router holds the free units: free them
+                self._release_router()
             head = self.heads.add(self._eidetic.graph.feature_dim, num_classes, like=self._reference_tensor())
             self._begin_task(task, head)
             self._synchronise()  # the new head and the recycled units, drawn at random on each rank
@@ -406,13 +415,13 @@ class ContinualNetwork(nn.Module):
         return steps
 
     def freeze(self, task: int, data: Data | None = None, *, batch_size: int | None = None,
-               memory: int = 20) -> dict[str, int]:
+               memory: int = 200) -> dict[str, int]:
         """Freeze the open task: its alive units and its head become constant forever, and their
         weights reading free units are cut to zero. Returns units frozen per group.
 
         With ``data`` (the task's training data), also record what the routers need: the
-        task's feature statistics and ``memory`` exemplars, and refit the learned router
-        (``train_task`` does this for you).
+        task's feature and input statistics and ``memory`` exemplars (``train_task`` does this
+        for you; :meth:`recycle` then refits the learned router).
 
         Example::
 
@@ -434,18 +443,34 @@ class ContinualNetwork(nn.Module):
         return counts
 
     def recycle(self) -> int:
-        """Re-initialise every free unit (pruned or unused) for the next task; returns how many.
+        """Re-initialise every free unit (pruned or unused) for the next task, then, when every
+        finished task has exemplars, fit the learned router through them (:meth:`fit_router`);
+        returns how many units were re-initialised.
 
         Example::
 
-            net.freeze(0)
+            net.freeze(0, train_loader)
             net.recycle()
         """
         if self.open_task is not None:
             raise TaskError(f"task {self.open_task} is still open: freeze({self.open_task}) it first")
         self._require_graph()
+        count = self._release_router()
+        self._refit_router()
+        return count
+
+    def _release_router(self) -> int:
+        """Re-initialise the free units and forget the learned router trained with them."""
         state = self._eidetic
+        state.routers.learned.clear()
         return phases.recycle(state.layers, state.graph, state.ownership)
+
+    def _refit_router(self) -> None:
+        """Fit the learned router on the exemplars if it is not fitted and every task has some."""
+        routers = self._eidetic.routers
+        tasks = self._eidetic.frozen_tasks
+        if routers.learned.fitted_tasks < tasks and routers.memory.complete(tasks):
+            prediction.fit_router(self)
 
     # ------------------------------------------------------------------ widening
 
@@ -469,7 +494,9 @@ class ContinualNetwork(nn.Module):
         if self.open_task is not None:
             raise TaskError(f"task {self.open_task} is still open: freeze({self.open_task}) and recycle() "
                             "before widening")
-        return self._widen(units, recycle=True)
+        sizes = self._widen(units, recycle=True)
+        self._refit_router()
+        return sizes
 
     def _widen(self, units: dict[str, int], *, recycle: bool = False) -> dict[str, int]:
         """Widen (see :meth:`widen`), also inside a task: there the widening joins the task's

@@ -21,13 +21,13 @@ from split_digits import MLP, TASKS, split_tasks
 
 import eidetic
 
-ROUTERS = ("learned", "statistics", "energy", "max_softmax")
+ROUTERS = ("learned", "discriminant", "statistics", "energy", "max_softmax")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=5, help="training epochs per task (default: 5)")
-    parser.add_argument("--memory", type=int, default=100, help="exemplars kept per task (default: 100)")
+    parser.add_argument("--memory", type=int, default=200, help="exemplars kept per task (default: 200)")
     parser.add_argument("--tolerance", type=float, default=0.0,
                         help="pruning tolerance; higher prunes more and leaves routers fewer features (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

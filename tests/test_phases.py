@@ -104,6 +104,40 @@ def test_patience_retries_a_failed_step_at_half_size():
     assert not steps[0].accepted and not steps[1].accepted and steps[2].accepted
 
 
+def test_a_known_number_of_tasks_prunes_each_task_to_its_share_first():
+    net = open_task()
+    # the metric drops below the floor at the first pruned unit: the share step is kept anyway, and ends the loop
+    steps = net.prune_until(0, data(), batch_size=8, optimizer=sgd, metric=StepMetric(net, limit=0), progress=False,
+                            pruning=eidetic.Pruning(tasks=4, tolerance=0.0, recovery_epochs=0))
+    assert len(steps) == 1 and steps[0].accepted
+    assert steps[0].removed == {"fcs.0": 6, "fcs.1": 4}  # keeps a quarter: 2 of 8, 1 of 5
+    # within the floor, the tolerance loop goes on from the share
+    net = open_task()
+    steps = net.prune_until(0, data(), batch_size=8, optimizer=sgd, progress=False,
+                            pruning=eidetic.Pruning(tasks=2, step=0.5, tolerance=0.99, recovery_epochs=0))
+    assert steps[0].removed == {"fcs.0": 4, "fcs.1": 3}  # keeps half: 4 of 8, 2 of 5 (2.5 rounds up to 3 removed)
+    assert len(steps) > 1 and all(s.accepted for s in steps)
+
+
+def test_the_last_of_the_known_tasks_leaves_a_share_free_and_a_later_one_is_refused():
+    """The last task keeps at most half of the free units: the rest stays free for the learned
+    router, which is trained through them."""
+    torch.manual_seed(0)
+    net = MLP(SPEC)
+    pruning = eidetic.Pruning(tasks=2, tolerance=0.99)
+    first = net.train_task(0, data(), batch_size=8, num_classes=3, optimizer=sgd, epochs=1, pruning=pruning,
+                           progress=False)
+    free = {layer.group: layer.free for layer in net.capacity().layers}
+    last = net.train_task(1, data(1), batch_size=8, num_classes=3, optimizer=sgd, epochs=1, pruning=pruning,
+                          progress=False)
+    assert first.prune_steps and last.prune_steps
+    assert all(last.prune_steps[0].removed[group] >= free[group] // 2 for group in free)  # half of what was left
+    assert all(layer.free > 0 for layer in net.capacity().layers)
+    with pytest.raises(eidetic.TaskError, match=r"Pruning\(tasks=2\) plans for tasks 0..1, but this is task 2"):
+        net.train_task(2, data(2), batch_size=8, num_classes=3, optimizer=sgd, epochs=1, pruning=pruning,
+                       progress=False)
+
+
 def test_a_step_that_rounds_to_zero_ends_the_loop():
     net = open_task()
     steps = net.prune_until(0, data(), batch_size=8, optimizer=sgd, progress=False,

@@ -248,7 +248,8 @@ def test_train_task_leaves_the_mode_as_it_found_it():
 def test_pruning_configuration_is_checked():
     for kwargs, message in [({"method": "l3"}, "choose one of"), ({"step": 0.0}, "fraction in"),
                             ({"tolerance": 1.0}, "fraction in"), ({"monitor": "test"}, "'train' or 'val'"),
-                            ({"patience": -1}, "non-negative int")]:
+                            ({"patience": -1}, "non-negative int"), ({"tasks": 0}, "positive int"),
+                            ({"tasks": 2.0}, "positive int")]:
         with pytest.raises(eidetic.TaskError, match=message):
             eidetic.Pruning(**kwargs)
 

@@ -194,7 +194,8 @@ class Results:
         lines.append(f"average accuracy {self.average_accuracy:.4f}, BWT {self.bwt:+.4f}"
                      + (f", FWT {self.fwt:+.4f}" if self.fwt is not None else ""))
         if last is not None and last.routing is not None:
-            lines.append(f"routing accuracy {last.routing:.4f}, routed accuracy {last.routed:.4f}")
+            lines.append(f"routed accuracy {last.routed:.4f} (oracle, task id given: {last.oracle:.4f}), "
+                         f"routing accuracy {last.routing:.4f}")
         return "\n".join(lines)
 
 

@@ -36,6 +36,7 @@ from ..graph import FEATURES
 from ..graph.recurrent import RecurrentSpec
 from ..guarantee.ownership import FREE
 from ..guarantee.slices import in_mask, out_positions
+from .routing import router_scores
 
 if TYPE_CHECKING:
     from ..network import ContinualNetwork
@@ -93,7 +94,8 @@ class Deployment(nn.Module):
         self.columns: list[torch.Tensor] = []  # per view: the feature positions its body gives
         self.source: dict[int, tuple[int, str]] = {}  # task: (view, head key)
         for v, (mask_task, view_tasks) in enumerate(views):
-            keep = _kept_units(net, max(view_tasks) if mask_task is not None or scorer is None else None)
+            keep = _kept_units(net, max(view_tasks) if mask_task is not None or scorer is None else None,
+                               free=mask_task is None and getattr(scorer, "reads_free_units", False))
             body, columns = _pruned_body(net, keep, mask_task)
             self.bodies.append(body)
             self.columns.append(columns)
@@ -112,7 +114,7 @@ class Deployment(nn.Module):
         full = features[0].new_zeros((features[0].shape[0], self.feature_dim))
         full = full.index_copy(1, self.columns[0].to(full.device), features[0])
         shared = [self.heads[f"0_{k}"](features[0]) for k in range(self.frozen)]
-        scores = self.scorer.scores(full, shared)[:, self.tasks]
+        scores = router_scores(self.scorer, full, shared, x)[:, self.tasks]
         own = []
         for k in self.tasks:  # a masked task's logits from its own body, the others from the shared pass
             v, key = self.source[k]
@@ -129,14 +131,16 @@ def _routed(scores: torch.Tensor, logits: list[torch.Tensor], tasks: list[int]) 
     return torch.tensor(tasks, device=pick.device)[pick], label
 
 
-def _kept_units(net: ContinualNetwork, last: int | None) -> UnitMasks:
-    """Units owned by tasks ``0..last`` (every finished task for ``None``), and every unit of a
-    group that a layer eidetic cannot resize produces or reads, or that only pass-through layers
-    (BatchNorm, depthwise convolutions) produce from the raw input."""
+def _kept_units(net: ContinualNetwork, last: int | None, free: bool = False) -> UnitMasks:
+    """Units owned by tasks ``0..last`` (every finished task for ``None``; with ``free``, the
+    free units too: the learned router reads them), and every unit of a group that a layer
+    eidetic cannot resize produces or reads, or that only pass-through layers (BatchNorm,
+    depthwise convolutions) produce from the raw input."""
     state = net._eidetic
     keep = {}
     for key, owner in state.ownership.owner.items():
-        keep[key] = (owner != FREE) if last is None else (owner != FREE) & (owner <= last)
+        owned = (owner != FREE) | free
+        keep[key] = owned if last is None else owned & (owner <= last)
     for name, (_module, spec) in state.layers.items():
         if _resizable(spec):
             continue

@@ -1,23 +1,31 @@
 """Routing glue of a :class:`~eidetic.ContinualNetwork`: task-ID-free prediction (the shared pass
 routed, then the masked tasks' own passes for the inputs routed to them), fitting the learned
-router, and recording what the routers need when a task is frozen (class moments, exemplars)."""
+router through the free units, and recording what the routers need when a task is frozen
+(class moments of the features and of the inputs, exemplars)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from ..errors import TaskError
 from ..guarantee.slices import head_columns
 from ..training.data import as_loader, batches
 from .memory import Reservoir
-from .routing import ClassMoments, Prediction, route
+from .routing import ClassMoments, Prediction, route, router_scores
 
 if TYPE_CHECKING:
     from ..network import ContinualNetwork, Data
+
+ROUTER_STEPS = (20, 10, 300)  # fit_router()'s default steps: 10 passes over its data, within 20 to 300
+ROUTER_LR = 1e-3  # its Adam learning rate for the free units
+ROUTER_LAYER_LR = 10  # the router layer's, as a multiple (it must also fit when no unit is free)
+ROUTER_BATCH = 64  # its batch size
 
 
 def predict(net: ContinualNetwork, x: torch.Tensor, router=None) -> Prediction:
@@ -28,7 +36,7 @@ def predict(net: ContinualNetwork, x: torch.Tensor, router=None) -> Prediction:
         raise TaskError("predict() needs at least one finished task")
     features = net(x).flatten(1)
     logits = [net.heads.output(features, k) for k in range(tasks)]
-    scores = net._eidetic.routers.choose(router, tasks).scores(features, logits)
+    scores = router_scores(net._eidetic.routers.choose(router, tasks), features, logits, x)
     prediction = route(scores, logits)
     masked = [k for k in range(tasks) if net._eidetic.masks.has(k)]
     for k in masked:  # a masked task's own pass, only for the inputs routed to it
@@ -39,51 +47,87 @@ def predict(net: ContinualNetwork, x: torch.Tensor, router=None) -> Prediction:
 
 
 def fit_router(net: ContinualNetwork, data: Sequence[Data] | None = None, *, batch_size: int | None = None,
-               steps: int = 60, lr: float = 0.05) -> None:
-    """:meth:`ContinualNetwork.fit_router`: fit the learned router on the features of ``data``
-    (or of the exemplars kept), with task ids as labels."""
+               steps: int | None = None, lr: float = ROUTER_LR) -> None:
+    """:meth:`ContinualNetwork.fit_router`: train the learned router's layer and the free units
+    on ``data`` (or on the exemplars kept), with task ids as labels; frozen units and heads are
+    held by the guard as in any task's training."""
+    state = net._eidetic
+    if net.open_task is not None:
+        raise TaskError(f"task {net.open_task} is open and trains the free units: freeze({net.open_task}) and "
+                        "recycle() it before fitting the router")
+    if state.frozen_tasks == 0:
+        raise TaskError("fit_router() needs at least one finished task")
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+        raise TaskError(f"fit_router(steps={steps!r}): use a positive int, or None")
+    if not lr > 0:
+        raise TaskError(f"fit_router(lr={lr!r}): use a positive learning rate")
+    inputs, labels = _router_data(net, data, batch_size)
+    size = min(ROUTER_BATCH, len(inputs))
+    loader = DataLoader(TensorDataset(inputs, labels), batch_size=size, shuffle=True, drop_last=len(inputs) > size)
+    fewest, passes, most = ROUTER_STEPS
+    steps = steps or min(most, max(fewest, passes * len(loader)))
+    layer = nn.Linear(state.graph.feature_dim, state.frozen_tasks).to(net._reference_tensor())
+    optimizer = torch.optim.Adam([{"params": net._trainable(layer)},
+                                  {"params": layer.parameters(), "lr": lr * ROUTER_LAYER_LR}], lr=lr)
+    state.routers.learned.clear()
+    session = net._session(state.frozen_tasks, layer, loader, None, optimizer, None, None, None, (), False)
+    was_training = net.training
+    net.train()
+    try:
+        with torch.enable_grad():
+            done = 0
+            while done < steps:
+                for x, y in batches(loader, net._device(), "the router's data"):
+                    session.step(x, y)
+                    done += 1
+                    if done == steps:
+                        break
+    except BaseException:
+        net._release_router()  # leave no half-trained free units to the next task
+        raise
+    finally:
+        net._make_guard()
+        net.train(was_training)
+    state.routers.learned.set(layer)
+
+
+def _router_data(net: ContinualNetwork, data: Sequence[Data] | None, batch_size: int | None):
+    """Inputs of every finished task and their task ids, on the CPU."""
     state = net._eidetic
     tasks = state.frozen_tasks
     if data is None:
-        if len(state.routers.memory) < tasks or not state.routers.memory.complete():
+        if not state.routers.memory.complete(tasks):
             raise TaskError("there are no exemplars of every task to fit the router on: train with "
                             "memory=k > 0, or pass data=[...] (one dataset per task)")
-        inputs = [state.routers.memory.inputs[k] for k in range(tasks)]
-        data = [torch.utils.data.TensorDataset(x, torch.zeros(len(x))) for x in inputs]
-        batch_size = batch_size or 256
-    if len(data) != tasks:
-        raise TaskError(f"fit_router needs one dataset per finished task ({tasks}), got {len(data)}")
-    features, labels = [], []
-    was_training = net.training
-    net.eval()
-    with torch.no_grad():
+        inputs = [state.routers.memory.tasks[k].inputs(state.input_dtype) for k in range(tasks)]
+    else:
+        if len(data) != tasks:
+            raise TaskError(f"fit_router needs one dataset per finished task ({tasks}), got {len(data)}")
+        inputs = []
         for k, d in enumerate(data):
-            loader = as_loader(d, batch_size, shuffle=False, name=f"data[{k}]")
-            for x, _ in batches(loader, net._device(), f"data[{k}]"):
-                features.append(net(x).flatten(1))
-                labels.append(torch.full((len(x),), k, dtype=torch.long, device=x.device))
-    net.train(was_training)
-    state.routers.learned.steps, state.routers.learned.lr = steps, lr
-    frozen = head_columns(state.graph, state.ownership.masks("frozen"))
-    state.routers.learned.fit(torch.cat(features), torch.cat(labels), tasks, frozen)
+            loader = as_loader(d, batch_size or 256, shuffle=False, name=f"data[{k}]")
+            inputs.append(torch.cat([x for x, _ in batches(loader, torch.device("cpu"), f"data[{k}]")]))
+    labels = torch.cat([torch.full((len(x),), k, dtype=torch.long) for k, x in enumerate(inputs)])
+    return torch.cat(inputs), labels
 
 
 def remember(net: ContinualNetwork, task: int, loader: DataLoader, memory: int) -> None:
-    """One pass over the frozen task's data: class moments of its features, and ``memory``
-    exemplars; refits the learned router once every task has exemplars."""
+    """One pass over the frozen task's data: class moments of its features and of its inputs,
+    and ``memory`` exemplars."""
     state = net._eidetic
     frozen = head_columns(state.graph, state.ownership.masks("frozen"))
     num_classes = net.heads.classes[task]
     moments = ClassMoments(num_classes, state.graph.feature_dim, net._device())
+    inputs = state.routers.discriminant.moments(num_classes, math.prod(state.input_shape), net._device())
     reservoir = Reservoir(memory)
     was_training = net.training
     net.eval()
     with torch.no_grad():
         for x, y in batches(loader, net._device(), "train_data"):
             moments.add(net(x).flatten(1), y)
+            inputs.add(x, y)
             reservoir.add(x)
     net.train(was_training)
     exemplars = reservoir.sample() if memory else torch.empty(0, *state.input_shape, dtype=state.input_dtype)
-    state.routers.record(moments, frozen, exemplars)
-    if memory and state.routers.memory.complete() and len(state.routers.memory) == state.frozen_tasks:
-        net.fit_router()
+    state.routers.record(moments, frozen, inputs, exemplars)
+

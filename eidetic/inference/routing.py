@@ -1,21 +1,25 @@
 """Task-ID-free inference: routers that pick the task of an input from one pass of the body.
 
-Every router turns the body's features (and the heads' logits, computed from the same pass)
-into one score per task; the input goes to the task with the highest score, and that task's
-head gives the class. Because frozen units never change, everything a router learns about a
-task stays valid forever.
+Every router turns the body's features (and the heads' logits, computed from the same pass;
+and, for routers with ``reads_inputs``, the inputs) into one score per task; the input goes to
+the task with the highest score, and that task's head gives the class.
 
-* :class:`LearnedRouter` (the Eidetic paper's): a task-classifier head on the features, trained
-  with task ids as labels on exemplars of every task (see :class:`ExemplarMemory`) or on data
-  you pass. It is a separate linear layer: fitting it never touches a task head or a unit.
+* :class:`LearnedRouter` (the Eidetic paper's): a task classifier trained through the network's
+  free units on exemplars of every task (see :class:`ExemplarMemory`) or on data you pass, with
+  task ids as labels. It costs one small layer on top of the pass, since the free units are
+  computed by it anyway; fitting it never touches a task head or a frozen unit.
+* :class:`~eidetic.inference.discriminant.DiscriminantRouter`: nothing kept but statistics of
+  the inputs; linear discriminant analysis over every class of every task.
+* :class:`FeatureStatsRouter`: nothing kept but statistics recorded when each task ends, on the
+  features owned by that task and earlier ones (which never change again): the mean of each
+  class and a pooled per-feature variance. An input goes to the task of which it is most
+  typical: the (diagonal) Mahalanobis distance to the task's nearest class mean, in the task's
+  own feature subspace, turned into a chi-squared tail probability so that subspaces of
+  different sizes compare.
 * :class:`ConfidenceRouter`: no data at all; picks the head that is most confident, by maximum
   softmax probability, by (negative) entropy, or by (negative) energy.
-* :class:`FeatureStatsRouter`: no samples kept; when a task ends it records, on the features
-  owned by that task and earlier ones (which never change again), the mean of each class and a
-  pooled per-feature variance. An input goes to the task of which it is most typical: the
-  (diagonal) Mahalanobis distance to the task's nearest class mean, in the task's own feature
-  subspace, turned into a chi-squared tail probability so that subspaces of different sizes
-  compare. See ``docs/routing.md`` for how the three compare.
+
+See ``docs/routing.md`` for how they compare.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .discriminant import DiscriminantRouter, InputMoments
 from .memory import ExemplarMemory
 
 
@@ -185,76 +190,56 @@ class FeatureStatsRouter:
 
 
 class LearnedRouter:
-    """A linear task classifier on the (standardised) frozen features, fitted with task ids as
-    labels. Only features of units owned by finished tasks are used: the others are retrained
-    by later tasks, which would invalidate the fit.
+    """A task classifier trained through the network's free units: a linear layer on the body's
+    features (every unit's, frozen and free) trained jointly with the free units on exemplars of
+    every task, with task ids as labels (the Eidetic paper's task-classifier head, trained last
+    through the capacity left). :meth:`ContinualNetwork.recycle` refits it whenever the free
+    units are re-initialised; the next task re-initialises them again before it trains, so the
+    router holds the free units only between tasks. Frozen units and heads never change.
 
-    Args:
-        steps: full-batch Adam steps (the exemplar memory is small).
-        lr: Adam learning rate.
+    This object holds the router's layer; the free units' weights are the network's own.
     """
 
-    def __init__(self, steps: int = 60, lr: float = 0.05) -> None:
-        self.steps, self.lr = steps, lr
+    reads_free_units = True
+
+    def __init__(self) -> None:
         self.weight: torch.Tensor | None = None
         self.bias: torch.Tensor | None = None
-        self.mean: torch.Tensor | None = None
-        self.scale: torch.Tensor | None = None
-        self.mask: torch.Tensor | None = None
 
     @property
     def fitted_tasks(self) -> int:
         return 0 if self.weight is None else self.weight.shape[0]
 
-    def fit(self, features: torch.Tensor, tasks: torch.Tensor, num_tasks: int, mask: torch.Tensor) -> None:
-        """Fit on ``features[:, mask]`` (the frozen features) labelled with their ``tasks``."""
-        self.mask = mask.to(features.device)
-        features = features.detach()[:, self.mask]
-        if not features.shape[1]:  # no frozen feature to route by: every task scores the same
-            self.mean = self.scale = features.new_zeros(0)
-            self.weight, self.bias = features.new_zeros(num_tasks, 0), features.new_zeros(num_tasks)
-            return
-        self.mean = features.mean(dim=0)
-        self.scale = features.std(dim=0, correction=0).clamp(min=1e-6)
-        x = (features - self.mean) / self.scale
-        layer = torch.nn.Linear(features.shape[1], num_tasks).to(device=features.device, dtype=features.dtype)
-        optimizer = torch.optim.Adam(layer.parameters(), lr=self.lr)
-        with torch.enable_grad():
-            for _ in range(self.steps):
-                optimizer.zero_grad(set_to_none=True)
-                F.cross_entropy(layer(x), tasks).backward()
-                optimizer.step()
+    def set(self, layer: torch.nn.Linear) -> None:
+        """Keep a trained router layer's weights."""
         self.weight, self.bias = layer.weight.detach(), layer.bias.detach()
+
+    def clear(self) -> None:
+        """Forget the fit (the free units it was trained with are being re-initialised)."""
+        self.weight = self.bias = None
 
     def scores(self, features: torch.Tensor, logits: list[torch.Tensor]) -> torch.Tensor:
         """Task-classifier logits."""
         if self.weight is None or self.fitted_tasks < len(logits):
             raise RuntimeError(f"the learned router is fitted for {self.fitted_tasks} task(s) but the network has "
                                f"{len(logits)}; call net.fit_router()")
-        out = F.linear((features[:, self.mask] - self.mean) / self.scale, self.weight, self.bias)
-        return out[:, : len(logits)]
+        return F.linear(features, self.weight, self.bias)[:, : len(logits)]
 
     def state(self) -> dict[str, torch.Tensor] | None:
-        if self.weight is None:
-            return None
-        return {"weight": self.weight, "bias": self.bias, "mean": self.mean, "scale": self.scale, "mask": self.mask}
+        return None if self.weight is None else {"weight": self.weight, "bias": self.bias}
 
     def load(self, state: dict[str, torch.Tensor] | None) -> None:
-        names = ("weight", "bias", "mean", "scale", "mask")
-        for name in names:
-            setattr(self, name, None if state is None else state[name])
-
-    def widen(self, positions: torch.Tensor, size: int) -> None:
-        """The features grew (see :meth:`FeatureStatsRouter.widen`); the fit is unchanged."""
-        if self.mask is not None:
-            self.mask = _spread(self.mask, positions, size, False)
+        """Load :meth:`state`; the linear routers of checkpoints before 0.2 (on standardised frozen
+        features, with a ``mask``) do not load: refit with ``fit_router()``."""
+        if state is None or "mask" in state:
+            self.clear()
+        else:
+            self.weight, self.bias = state["weight"], state["bias"]
 
     def apply(self, fn) -> None:
-        """Apply a tensor conversion (``nn.Module._apply``'s ``fn``) to the fitted weights."""
-        for name in ("weight", "bias", "mean", "scale", "mask"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, fn(value))
+        """Apply a tensor conversion (``nn.Module._apply``'s ``fn``) to the router's layer."""
+        if self.weight is not None:
+            self.weight, self.bias = fn(self.weight), fn(self.bias)
 
 
 @dataclass
@@ -280,6 +265,13 @@ class Prediction:
     logits: list[torch.Tensor]
 
 
+def router_scores(router, features: torch.Tensor, logits: list[torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+    """``router``'s ``(inputs, tasks)`` scores; routers with ``reads_inputs`` also get the inputs."""
+    if getattr(router, "reads_inputs", False):
+        return router.scores(features, logits, inputs)
+    return router.scores(features, logits)
+
+
 def route(scores: torch.Tensor, logits: list[torch.Tensor]) -> Prediction:
     """Pick each input's task by the highest score, then its class with that task's head."""
     task = scores.argmax(dim=1)
@@ -292,64 +284,81 @@ def route(scores: torch.Tensor, logits: list[torch.Tensor]) -> Prediction:
 
 
 class Routers:
-    """Everything a network keeps for task-ID-free inference: exemplars, feature statistics and
-    the learned router, with their checkpoint state."""
+    """Everything a network keeps for task-ID-free inference: exemplars, the statistics of the
+    data-free routers and the learned router, with their checkpoint state."""
 
     def __init__(self) -> None:
         self.memory = ExemplarMemory()
         self.stats = FeatureStatsRouter()
+        self.discriminant = DiscriminantRouter()
         self.learned = LearnedRouter()
 
     def choose(self, router, tasks: int):
         """The router object for ``router`` (``None``: the learned router if it is fitted for
-        every task, else the statistics router if it covers every task, else confidence)."""
+        every task, else the discriminant router, else the statistics router, if it covers every
+        task, else confidence)."""
         if router is None:
-            if self.learned.fitted_tasks >= tasks:
-                return self.learned
+            for default in (self.learned, self.discriminant):
+                if _covered(default) >= tasks:
+                    return default
             return self.stats if len(self.stats.tasks) >= tasks else ConfidenceRouter()
-        if isinstance(router, str):
-            named = {"learned": self.learned, "statistics": self.stats}
-            if router in named:
-                chosen = named[router]
-            elif router in ConfidenceRouter.MEASURES or router == "confidence":
-                chosen = ConfidenceRouter("max_softmax" if router == "confidence" else router)
-            else:
-                raise ValueError(f"unknown router {router!r}: use 'learned', 'statistics', 'confidence', "
-                                 f"one of {ConfidenceRouter.MEASURES}, or an object with a scores() method")
-            if chosen is self.stats and len(self.stats.tasks) < tasks:
-                raise RuntimeError(f"the statistics router covers {len(self.stats.tasks)} of {tasks} tasks; tasks "
-                                   "frozen by hand need freeze(task, data=...) to record them")
-            return chosen
-        return router
+        if not isinstance(router, str):
+            return router
+        named = {"learned": self.learned, "discriminant": self.discriminant, "statistics": self.stats}
+        if router in named:
+            chosen = named[router]
+        elif router in ConfidenceRouter.MEASURES or router == "confidence":
+            return ConfidenceRouter("max_softmax" if router == "confidence" else router)
+        else:
+            raise ValueError(f"unknown router {router!r}: use 'learned', 'discriminant', 'statistics', "
+                             f"'confidence', one of {ConfidenceRouter.MEASURES}, or an object with a scores() method")
+        if chosen is not self.learned and _covered(chosen) < tasks:
+            raise RuntimeError(f"the {router} router covers {_covered(chosen)} of {tasks} tasks; tasks frozen by "
+                               "hand need freeze(task, data=...) to record them")
+        return chosen
 
-    def record(self, moments: ClassMoments, mask: torch.Tensor, exemplars: torch.Tensor) -> None:
+    def record(self, moments: ClassMoments, mask: torch.Tensor, inputs: InputMoments, exemplars: torch.Tensor) -> None:
         self.stats.record(moments, mask)
+        self.discriminant.record(inputs)
         self.memory.add(exemplars)
 
-    def checkpoint(self) -> tuple[int, int, dict | None]:
-        return len(self.stats.tasks), len(self.memory), self.learned.state()
+    def checkpoint(self) -> tuple:
+        return (len(self.stats.tasks), self.discriminant.checkpoint(), len(self.memory), self.learned.state())
 
-    def rollback(self, checkpoint: tuple[int, int, dict | None]) -> None:
-        stats, memory, learned = checkpoint
+    def rollback(self, checkpoint: tuple) -> None:
+        stats, discriminant, memory, learned = checkpoint
         self.stats.truncate(stats)
+        self.discriminant.rollback(discriminant)
         self.memory.truncate(memory)
         self.learned.load(learned)
 
     def state(self) -> dict:
-        return {"memory": list(self.memory.inputs), "stats": self.stats.state(), "learned": self.learned.state()}
+        return {"memory": self.memory.state(), "stats": self.stats.state(), "learned": self.learned.state(),
+                "discriminant": self.discriminant.state()}
 
     def load(self, state: dict) -> None:
-        self.memory = ExemplarMemory(state["memory"])
+        self.memory = ExemplarMemory.from_state(state["memory"])
         self.stats = FeatureStatsRouter.from_state(state["stats"])
         self.learned.load(state["learned"])
+        self.discriminant.load(state.get("discriminant"))
 
     def widen(self, positions: torch.Tensor, size: int) -> None:
+        """The features grew: the statistics follow them; the learned router, trained with the
+        free units a widening re-initialises, is refitted by the caller."""
         self.stats.widen(positions, size)
-        self.learned.widen(positions, size)
+        self.learned.clear()
 
     def apply(self, fn) -> None:
         self.stats.apply(fn)
         self.learned.apply(fn)
+        self.discriminant.to(fn(torch.zeros(0)).device)
+
+
+def _covered(router) -> int:
+    """Tasks a router of the network can score."""
+    if isinstance(router, LearnedRouter):
+        return router.fitted_tasks
+    return router.tasks if isinstance(router, DiscriminantRouter) else len(router.tasks)
 
 
 def _spread(tensor: torch.Tensor, positions: torch.Tensor, size: int, fill) -> torch.Tensor:

@@ -112,9 +112,11 @@ prunings: st.SearchStrategy[Pruning | None] = st.none() | st.builds(
     patience=st.integers(0, 1),
     max_steps=st.integers(1, 3),
     score_batches=st.integers(1, 2),
+    tasks=st.none() | st.integers(4, 6),
 )
 """Pruning configurations: no pruning, or :class:`~eidetic.Pruning` with every importance method
-(random included), a few step sizes, tolerances, recovery epochs, retries and step bounds."""
+(random included), a few step sizes, tolerances, recovery epochs, retries, step bounds and task
+shares (``tasks`` at least the four tasks of the longest :data:`runs`)."""
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ class Pruning:
             name given to :func:`eidetic.register_importance`.
         step: fraction of the task's remaining units removed per step, in every layer.
         tolerance: allowed relative drop of the monitored metric from its value after
-            training (0.02 keeps at least 98% of it).
+            training (0.005 keeps at least 99.5% of it).
         recovery_epochs: training epochs after each step, ended early once within tolerance.
         patience: how many failed steps are retried at half the step before the loop stops
             (0 stops at the first failure, as the Eidetic paper does).
@@ -57,22 +57,30 @@ class Pruning:
         threshold: if set, each step removes every alive unit scoring at most ``threshold``
             instead of a fraction (CLNP's threshold; ``step`` is then ignored, and a retry
             halves the threshold).
+        tasks: the number of tasks the network will learn in all, if known. Task ``k`` then
+            keeps at most its share of the free units, ``1 / (tasks - k)`` of them in every
+            layer: a first step prunes it down to that share (kept whatever the metric, so
+            that early tasks cannot starve later ones), and the tolerance loop goes on from
+            there. The last task keeps at most half of what is left: the rest stays free for
+            the learned router, which is trained through the free units. ``None``: no share,
+            the tolerance alone decides.
 
     Example::
 
         net.train_task(0, loader, num_classes=10, optimizer=make_opt, epochs=5,
-                       pruning=eidetic.Pruning(method="taylor", step=0.2, tolerance=0.01))
+                       pruning=eidetic.Pruning(tasks=10))  # ten tasks in all: each keeps its share
     """
 
     method: str = "l2"
-    step: float = 0.1
-    tolerance: float = 0.02
-    recovery_epochs: int = 1
+    step: float = 0.2
+    tolerance: float = 0.005
+    recovery_epochs: int = 2
     patience: int = 0
     monitor: str = "train"
     max_steps: int | None = None
     score_batches: int | None = 16
     threshold: float | None = None
+    tasks: int | None = None
 
     def __post_init__(self) -> None:
         _check_common(self, "Pruning")
@@ -84,6 +92,8 @@ class Pruning:
             raise TaskError(f"Pruning(patience={self.patience!r}): use a non-negative int")
         if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 0):
             raise TaskError(f"Pruning(max_steps={self.max_steps!r}): use None or a non-negative int")
+        if self.tasks is not None and (not isinstance(self.tasks, int) or self.tasks < 1):
+            raise TaskError(f"Pruning(tasks={self.tasks!r}): use None or the number of tasks, a positive int")
 
 
 @dataclass(frozen=True)
@@ -179,7 +189,9 @@ def prune_until(session: TaskSession, layers, graph: UnitGraph, ownership: Owner
     """Run the pruning loop; return the reference metric and every step taken.
 
     A step is kept while the monitored metric stays at or above ``floor``; by default
-    ``reference * (1 - config.tolerance)``.
+    ``reference * (1 - config.tolerance)``. With ``config.tasks``, a first step prunes the task
+    to its share of the free units and is kept whatever the metric; the loop ends there if the
+    metric is below the floor.
     """
     if reference is None:
         reference = session.monitored(config.monitor)
@@ -189,21 +201,37 @@ def prune_until(session: TaskSession, layers, graph: UnitGraph, ownership: Owner
     strategy = importance(config.method)
     blocks = group_blocks(layers, graph)
     steps: list[PruneStep] = []
-    fraction, threshold, retries = config.step, config.threshold, 0
-    while config.max_steps is None or len(steps) < config.max_steps:
-        snapshot.capture()
+
+    def step(fraction: float | None, threshold: float | None) -> PruneStep | None:
         scores = distributed.average(strategy(session.scoring_context(layers, graph, config.score_batches)))
         alive = _alive(ownership)
         removed = select(ownership, scores, blocks, fraction if threshold is None else None, threshold)
         if not removed:
             log.info("task %d: a pruning step removes no unit; stopping", session.task)
-            break
+            return None
         metric, epochs = _apply_and_recover(session, floor, config.recovery_epochs, config.monitor)
-        accepted = metric >= floor
-        steps.append(PruneStep(sum(removed.values()) / alive, removed, epochs, metric, accepted, threshold))
-        log.info("task %d: pruned %d units, metric %.4f (floor %.4f): %s", session.task,
-                 sum(removed.values()), metric, floor, "kept" if accepted else "rolled back")
-        if not accepted:
+        steps.append(PruneStep(sum(removed.values()) / alive, removed, epochs, metric, metric >= floor, threshold))
+        log.info("task %d: pruned %d units, metric %.4f (floor %.4f)", session.task, sum(removed.values()),
+                 metric, floor)
+        return steps[-1]
+
+    def room() -> bool:
+        return config.max_steps is None or len(steps) < config.max_steps
+
+    share = _share(config, session.task)
+    first = step(1.0 - share, None) if share is not None and room() else None
+    if first is not None:
+        within, first.accepted = first.accepted, True
+        if not within:
+            return reference, steps
+    fraction, threshold, retries = config.step, config.threshold, 0
+    while room():
+        snapshot.capture()
+        taken = step(fraction, threshold)
+        if taken is None:
+            break
+        if not taken.accepted:
+            log.info("task %d: rolled back", session.task)
             snapshot.restore()
             if retries >= config.patience:
                 break
@@ -211,6 +239,17 @@ def prune_until(session: TaskSession, layers, graph: UnitGraph, ownership: Owner
             fraction /= 2
             threshold = None if threshold is None else threshold / 2
     return reference, steps
+
+
+def _share(config: Pruning, task: int) -> float | None:
+    """The fraction of the free units task ``task`` may keep under ``config.tasks`` (``None``
+    without it)."""
+    if config.tasks is None:
+        return None
+    if task >= config.tasks:
+        raise TaskError(f"Pruning(tasks={config.tasks}) plans for tasks 0..{config.tasks - 1}, but this is task "
+                        f"{task}: pass the number of tasks the network will learn in all")
+    return 1.0 / max(config.tasks - task, 2)
 
 
 def _alive(ownership: Ownership) -> int:
