@@ -330,6 +330,8 @@ class ContinualNetwork(nn.Module):
         if pruning is not None and not isinstance(pruning, (Pruning, GracefulPruning)):
             raise TaskError(f"pruning must be an eidetic.Pruning, an eidetic.GracefulPruning or None, got "
                             f"{type(pruning).__name__}")
+        if isinstance(pruning, Pruning):
+            pruning.share(task)  # refuses a task past Pruning(tasks=...) before any training
         train_loader = as_loader(train_data, batch_size, shuffle=True, name="train_data")
         val_loader = None if val_data is None else as_loader(val_data, batch_size, shuffle=False, name="val_data")
         if pruning is not None and pruning.monitor == "val" and val_loader is None:

@@ -20,6 +20,14 @@ import math
 import torch
 
 
+def class_indices(labels: torch.Tensor, classes: int, rows: int) -> torch.Tensor:
+    """``labels`` if they are class indices in ``0..classes - 1``, else every row in class 0
+    (targets of a custom loss)."""
+    if labels.dim() != 1 or labels.dtype.is_floating_point or int(labels.min()) < 0 or int(labels.max()) >= classes:
+        return torch.zeros(rows, dtype=torch.long, device=labels.device)
+    return labels
+
+
 class InputMoments:
     """Streaming per-class sums of flattened inputs and their second moment (float64)."""
 
@@ -31,9 +39,7 @@ class InputMoments:
 
     def add(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch (targets that are not class indices count as one class)."""
-        classes = len(self.count)
-        if labels.dim() != 1 or labels.dtype.is_floating_point or int(labels.min()) < 0 or int(labels.max()) >= classes:
-            labels = torch.zeros(len(inputs), dtype=torch.long, device=inputs.device)
+        labels = class_indices(labels, len(self.count), len(inputs))
         x = inputs.detach().flatten(1).double()
         self.count.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
         self.sum.index_add_(0, labels, x)

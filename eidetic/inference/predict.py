@@ -130,4 +130,3 @@ def remember(net: ContinualNetwork, task: int, loader: DataLoader, memory: int) 
     net.train(was_training)
     exemplars = reservoir.sample() if memory else torch.empty(0, *state.input_shape, dtype=state.input_dtype)
     state.routers.record(moments, frozen, inputs, exemplars)
-

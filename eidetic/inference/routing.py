@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .discriminant import DiscriminantRouter, InputMoments
+from .discriminant import DiscriminantRouter, InputMoments, class_indices
 from .memory import ExemplarMemory
 
 
@@ -87,9 +87,7 @@ class ClassMoments:
 
     def add(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch; targets that are not class indices (a custom loss) count as one class."""
-        classes = len(self.count)
-        if labels.dim() != 1 or labels.dtype.is_floating_point or int(labels.min()) < 0 or int(labels.max()) >= classes:
-            labels = torch.zeros(len(features), dtype=torch.long, device=features.device)
+        labels = class_indices(labels, len(self.count), len(features))
         features = features.detach().double()
         self.count.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
         self.sum.index_add_(0, labels, features)

@@ -95,6 +95,16 @@ class Pruning:
         if self.tasks is not None and (not isinstance(self.tasks, int) or self.tasks < 1):
             raise TaskError(f"Pruning(tasks={self.tasks!r}): use None or the number of tasks, a positive int")
 
+    def share(self, task: int) -> float | None:
+        """The fraction of the free units task ``task`` may keep under ``tasks`` (``None``
+        without it); a task past the plan is refused."""
+        if self.tasks is None:
+            return None
+        if task >= self.tasks:
+            raise TaskError(f"Pruning(tasks={self.tasks}) plans for tasks 0..{self.tasks - 1}, but this is task "
+                            f"{task}: pass the number of tasks the network will learn in all")
+        return 1.0 / max(self.tasks - task, 2)
+
 
 @dataclass(frozen=True)
 class GracefulPruning:
@@ -218,7 +228,7 @@ def prune_until(session: TaskSession, layers, graph: UnitGraph, ownership: Owner
     def room() -> bool:
         return config.max_steps is None or len(steps) < config.max_steps
 
-    share = _share(config, session.task)
+    share = config.share(session.task)
     first = step(1.0 - share, None) if share is not None and room() else None
     if first is not None:
         within, first.accepted = first.accepted, True
@@ -239,17 +249,6 @@ def prune_until(session: TaskSession, layers, graph: UnitGraph, ownership: Owner
             fraction /= 2
             threshold = None if threshold is None else threshold / 2
     return reference, steps
-
-
-def _share(config: Pruning, task: int) -> float | None:
-    """The fraction of the free units task ``task`` may keep under ``config.tasks`` (``None``
-    without it)."""
-    if config.tasks is None:
-        return None
-    if task >= config.tasks:
-        raise TaskError(f"Pruning(tasks={config.tasks}) plans for tasks 0..{config.tasks - 1}, but this is task "
-                        f"{task}: pass the number of tasks the network will learn in all")
-    return 1.0 / max(config.tasks - task, 2)
 
 
 def _alive(ownership: Ownership) -> int:
