@@ -1,4 +1,4 @@
-"""Methods compared in one run: eidetic, eidetic + CPG, independent networks and fine-tuning.
+"""Methods compared in one run: eidetic, eidetic + CPG, eidetic + LSG, independent networks and fine-tuning.
 
 On the same data, network, optimizer, batch size, epochs and shuffling (the set-up of
 ``benchmarks/accuracy.py``, whose loaders and baselines this script imports):
@@ -8,6 +8,9 @@ On the same data, network, optimizer, batch size, epochs and shuffling (the set-
 * **eidetic + CPG**: the same network with ``eidetic.CPGMixin``: picking masks over the frozen
   weights, growth while a task misses its accuracy goal (within ``--max-ratio`` of the body's
   parameters), and compacting with the same pruning while the goal holds.
+* **eidetic + LSG**: ``eidetic.LSGMixin`` from a seed of ``--seed-fraction`` of the width (1/8):
+  attentive and selective masks, released kernels retrained, growth by candidates behind a
+  learnable gate while a task misses the goal (up to ``--max-width`` times the seed), no pruning.
 * **independent**: one fresh network per task, trained on that task alone (T times the size).
 * **fine-tuning**: one network, a new head per task, the whole body retrained on each task.
 
@@ -24,7 +27,9 @@ at the held-out part). Test data is never used in a decision.
 Printed per method: average accuracy after the last task (task id given), BWT (exactly 0 for
 eidetic and CPG), the accuracy of every task after the last one, the parameters at the end
 (raw, the masks' bits, and both as float32 equivalents: parameters + mask bits / 32), wall time,
-and for CPG the units grown per task. A Markdown table; ``--json`` also writes everything.
+for CPG and LSG the units grown per task, and the parameters and accuracy after each task
+(GROWN's Table 4 layout). A Markdown table; ``--json`` also writes everything, ``--plot`` draws
+the parameters after each task.
 
 Run::
 
@@ -69,8 +74,9 @@ BENCHMARKS = {
     "split-mnist": Spec("split-mnist", 5, 256, 0.98, "Split MNIST, 5 tasks, MLP 784-256-256"),
     "small-permuted-mnist": Spec("permuted-mnist", 10, 64, 0.93, "Permuted MNIST, 10 tasks, MLP 784-64-64"),
 }
-METHODS = ("independent", "eidetic", "cpg", "fine-tuning")
-LABELS = {"independent": "independent", "eidetic": "eidetic", "cpg": "eidetic + CPG", "fine-tuning": "fine-tuning"}
+METHODS = ("independent", "eidetic", "cpg", "lsg", "fine-tuning")
+LABELS = {"independent": "independent", "eidetic": "eidetic", "cpg": "eidetic + CPG", "lsg": "eidetic + LSG",
+          "fine-tuning": "fine-tuning"}
 
 DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist"
 CPG_CLASSES: dict[type, type] = {}
@@ -127,6 +133,26 @@ def run_cpg(args, bench, tasks, optimizer, *, vals: list[TensorDataset], goal: f
     }
 
 
+def run_lsg(args, bench, tasks, optimizer, *, vals: list[TensorDataset], goal: float) -> tuple[eidetic.Results, dict]:
+    torch.manual_seed(args.seed)
+    net = zoo.LSGMLP(bench.input_shape, width=max(1, round(args.width * args.seed_fraction)))
+    for task, val in zip(tasks, vals):
+        task.val = DataLoader(val, batch_size=1000) if len(val) else None
+    growth = eidetic.SparseGrowth(candidates=args.candidates, max_width=args.max_width, mask_lr=args.mask_lr)
+    pruning = None if not args.lsg_pruning else eidetic.Pruning(
+        method=args.pruning, step=args.prune_step, tolerance=args.tolerance, recovery_epochs=args.recovery_epochs)
+    results = eidetic.run_tasks(net, tasks, optimizer=optimizer, epochs=args.epochs, pruning=pruning, goal=goal,
+                                growth=growth, progress=False)
+    reports = results.reports
+    return results, {
+        "parameters": net.parameter_count(), "mask_bits": net.mask_bits(), "seed_width": net.config["width"],
+        "grown": [sum(r.grown.values()) for r in reports], "grown_per_group": [r.grown for r in reports],
+        "goal": goal, "goal_met": [r.goal_met for r in reports], "attempts": [r.attempts for r in reports],
+        "picked": [r.picked for r in reports], "released": [sum(r.released.values()) for r in reports],
+        "units_per_task": results.units,
+    }
+
+
 def measure(name: str, args: argparse.Namespace) -> dict:
     spec = BENCHMARKS[name]
     goal = spec.goal if args.goal is None else args.goal
@@ -138,7 +164,7 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     out = {"benchmark": {**bench.describe(), "val_samples": [len(v) for v in vals]}, "title": spec.title,
            "width": spec.width, "goal": goal, "methods": {}}
     runs = {"independent": run_independent, "eidetic": run_eidetic, "fine-tuning": run_finetune,
-            "cpg": lambda *a: run_cpg(*a, vals=vals, goal=goal)}
+            "cpg": lambda *a: run_cpg(*a, vals=vals, goal=goal), "lsg": lambda *a: run_lsg(*a, vals=vals, goal=goal)}
     for method in args.methods:
         tasks = bench.as_tasks(args.batch_size, seed=args.seed)  # the same shuffling for every method
         start = time.perf_counter()
@@ -150,7 +176,8 @@ def measure(name: str, args: argparse.Namespace) -> dict:
             **extra, "seconds": seconds, "average_accuracy": results.average_accuracy, "bwt": results.bwt,
             "bwt_exact": [results.matrix[-1][j] == results.matrix[j][j] for j in range(len(tasks))],
             "final_accuracies": results.matrix[-1], "matrix": results.matrix,
-            "routed_accuracy": results.routed_accuracy}
+            "routed_accuracy": results.routed_accuracy,
+            "parameters_per_task": [r.parameters for r in results.reports] if results.reports else None}
         grown = f", grown {extra['grown']}" if "grown" in extra else ""
         print(f"  {LABELS[method]}: average {results.average_accuracy:.4f}, BWT {results.bwt:+.4f}, "
               f"{extra['float32_equivalent']:,.0f} float32-equivalent parameters, {seconds:.1f}s{grown}", flush=True)
@@ -189,7 +216,38 @@ def markdown(results: dict) -> str:
         for method, r in result["methods"].items():
             lines.append("| " + " | ".join([LABELS[method]] + [f"{a:.4f}" for a in r["final_accuracies"]]) + " |")
         lines.append("")
+    for result in results.values():
+        rows = {m: r for m, r in result["methods"].items() if r.get("parameters_per_task")}
+        if not rows:
+            continue
+        size = len(result["benchmark"]["tasks"])
+        header = ["method"] + [f"after task {k}" for k in range(size)]
+        lines += [f"{result['title']}: accuracy of the task just learnt / parameters after each task", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for method, r in rows.items():
+            cells = [f"{r['matrix'][k][k]:.4f} / {r['parameters_per_task'][k]:,}" for k in range(size)]
+            lines.append("| " + " | ".join([LABELS[method], *cells]) + " |")
+        lines.append("")
     return "\n".join(lines)
+
+
+def plot(results: dict, path: str) -> None:
+    """Parameters after each task, one panel per benchmark (matplotlib)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.5), squeeze=False)
+    for ax, result in zip(axes[0], results.values()):
+        for method, r in result["methods"].items():
+            if r.get("parameters_per_task"):
+                ax.plot(range(1, len(r["parameters_per_task"]) + 1), r["parameters_per_task"], marker="o",
+                        label=LABELS[method])
+        ax.set(title=result["title"], xlabel="tasks learnt", ylabel="parameters",
+               xticks=range(1, len(result["benchmark"]["tasks"]) + 1))
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 def main() -> None:
@@ -207,6 +265,14 @@ def main() -> None:
     parser.add_argument("--grow-step", type=float, default=0.25, help="CPG's Growing.step (default: 0.25)")
     parser.add_argument("--max-ratio", type=float, default=1.5, help="CPG's Growing.max_ratio (default: 1.5)")
     parser.add_argument("--pick-lr", type=float, default=1e-3, help="CPG's Picking.lr (default: 1e-3)")
+    parser.add_argument("--seed-fraction", type=float, default=0.125,
+                        help="LSG's seed width as a fraction of the MLP's (default: 0.125, the papers' 1/8)")
+    parser.add_argument("--candidates", type=float, default=1.0, help="LSG's SparseGrowth.candidates (default: 1.0)")
+    parser.add_argument("--max-width", type=float, default=8.0, help="LSG's SparseGrowth.max_width (default: 8.0)")
+    parser.add_argument("--mask-lr", type=float, default=5e-4, help="LSG's SparseGrowth.mask_lr (default: 5e-4)")
+    parser.add_argument("--lsg-pruning", action="store_true",
+                        help="LSG compacts each task with eidetic's pruning after its masks are learnt (default: no "
+                             "pruning, as the papers)")
     parser.add_argument("--train", type=int, help="training images per task before the validation hold-out "
                         "(default: all)")
     parser.add_argument("--test", type=int, help="test images per task (default: all)")
@@ -216,9 +282,16 @@ def main() -> None:
     parser.add_argument("--pruning", default="l2", help="importance method of the pruning (default: l2)")
     parser.add_argument("--prune-step", type=float, default=0.2, help="pruning step (default: 0.2)")
     parser.add_argument("--tolerance", type=float, default=0.02, help="pruning tolerance (default: 0.02)")
+    parser.add_argument("--recovery-epochs", type=int, default=1,
+                        help="eidetic's recovery epochs per pruning step (default: 1)")
+    parser.add_argument("--patience", type=int, default=0,
+                        help="eidetic's failed pruning steps retried at half the step (default: 0)")
+    parser.add_argument("--share", action="store_true",
+                        help="eidetic prunes each task to its share of the free units (Pruning(tasks=T))")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
+    parser.add_argument("--plot", metavar="PATH", help="also draw the parameters after each task to this PNG")
     args = parser.parse_args()
     if args.quick:
         args.train = args.train or 1000
@@ -228,6 +301,8 @@ def main() -> None:
     print(f"{args.epochs} epochs, batch {args.batch_size}, AdamW lr {args.lr}, pruning {args.pruning} step "
           f"{args.prune_step} tolerance {args.tolerance}; CPG: {args.val:.0%} of the training split held out for "
           f"the goal, Growing(step={args.grow_step}, max_ratio={args.max_ratio}), Picking(lr={args.pick_lr}); "
+          f"LSG: seed {args.seed_fraction:g} of the width, SparseGrowth(candidates={args.candidates:g}, max_width="
+          f"{args.max_width:g}, mask_lr={args.mask_lr:g}){' + pruning' if args.lsg_pruning else ''}; "
           f"seed {args.seed}, {args.threads} thread(s), torch {torch.__version__}")
     results = {}
     start = time.perf_counter()
@@ -237,6 +312,8 @@ def main() -> None:
     print(f"\n{markdown(results)}\ntotal {time.perf_counter() - start:.0f}s")
     if args.json:
         write_json(args.json, args, results)
+    if args.plot:
+        plot(results, args.plot)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ from .guarantee.ownership import FREE
 from .inference.routing import ConfidenceRouter, FeatureStatsRouter, LearnedRouter, Prediction
 from .mixins.cpg import CPGMixin
 from .mixins.growing import Growing
+from .mixins.lsg import LSGMixin
 from .mixins.picking import Picking
+from .mixins.sparse import SparseGrowth
 from .network import ContinualNetwork, Wrapped
 from .training.pruning import GracefulPruning, Pruning
 from .training.scoring import ScoringContext, register_importance
@@ -32,6 +34,8 @@ __all__ = [
     "FREE",
     "CPGMixin",
     "Growing",
+    "LSGMixin",
+    "SparseGrowth",
     "Picking",
     "Callback",
     "GracefulPruning",

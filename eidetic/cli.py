@@ -12,7 +12,9 @@ after each one, and writes to the results folder:
 
 With no option it learns Split digits (scikit-learn's bundled digits, five tasks of two
 classes, no download) with an MLP, in seconds. ``--method cpg`` learns with
-:class:`~eidetic.CPGMixin` (picking, growth to ``--goal``, compacting; see docs/cpg.md).
+:class:`~eidetic.CPGMixin` (picking, growth to ``--goal``, compacting; see docs/cpg.md), and
+``--method lsg`` with :class:`~eidetic.LSGMixin` from a seed of 1/8 of the width (learnable
+sparse growth to ``--goal``; see docs/lsg.md).
 
 Example::
 
@@ -20,6 +22,7 @@ Example::
     eidetic run --benchmark permuted-mnist --data-dir data/mnist --model mlp --tasks 10 --epochs 3
     python -m eidetic run --model resnet --epochs 2 --out runs/resnet
     eidetic run --method cpg --goal 0.98 --max-growth 2
+    eidetic run --method lsg --goal 0.98
 """
 
 from __future__ import annotations
@@ -46,11 +49,17 @@ from .errors import EideticError
 from .evaluation.runs import Results, evaluate
 from .mixins.growing import Growing
 from .mixins.picking import Picking
+from .mixins.sparse import SparseGrowth
 from .network import ContinualNetwork
 from .training.pruning import Pruning
 from .training.session import Callback
 
 PRUNING_METHODS = ("l1", "l2", "taylor", "random", "activation", "none")
+METHOD_OPTIONS = {
+    "cpg": {"goal": 0.95, "grow_step": 0.25, "max_growth": 1.5, "pick_lr": 1e-4},
+    "lsg": {"goal": 0.95, "seed_fraction": 0.125, "candidates": 1.0, "max_width": 8.0, "mask_lr": 5e-4},
+}
+"""The options of each method, with their defaults (``--goal`` is both methods')."""
 ROUTERS = ("auto", "learned", "discriminant", "statistics", "confidence", "entropy", "energy", "none")
 FILES = ("results.json", "accuracy_matrix.csv", "accuracy_matrix.png", "capacity.png", "model.pt")
 """The files ``eidetic run`` writes into its results folder (the pictures unless ``--no-plots``)."""
@@ -196,11 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     method = run.add_argument_group("method")
     method.add_argument("--method", choices=zoo.METHODS, default="eidetic",
                         help="eidetic: train, prune, freeze, recycle; cpg: the CPG mixin on top (picking masks over "
-                             "old weights, growth while a task misses --goal, compacting while the goal holds)")
+                             "old weights, growth while a task misses --goal, compacting while the goal holds); lsg: "
+                             "learnable sparse growth from a seed network (masks instead of pruning; --pruning is "
+                             "not used)")
     method.add_argument("--goal", type=_float_in(0, 1), default=None,
-                        help="cpg: the accuracy goal on the training data; a task from the second on grows while "
-                             "it misses it, and pruning keeps its steps while the goal holds (instead of "
-                             "--tolerance) (default: 0.95)")
+                        help="cpg, lsg: the accuracy goal on the training data; a task grows while it misses it "
+                             "(cpg: from the second task on), and cpg's pruning keeps its steps while the goal holds "
+                             "(instead of --tolerance) (default: 0.95)")
     method.add_argument("--grow-step", type=_float_in(0, 1, low_open=True), default=None,
                         help="cpg: units added per growth step, as a fraction of each layer's initial width "
                              "(default: 0.25)")
@@ -210,6 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cpg: Adam learning rate of the picking scores over the old weights (default: 1e-4, "
                              "CPG's; a score needs about 50 steps at 1e-4 to drop its weight, so short runs keep "
                              "every old weight)")
+    method.add_argument("--seed-fraction", type=_float_in(0, 1, low_open=True), default=None,
+                        help="lsg: the seed network's width as a fraction of --width (or of the model's default "
+                             "width) (default: 0.125, the papers' 1/8)")
+    method.add_argument("--candidates", type=_float_in(0, 100, low_open=True), default=None,
+                        help="lsg: candidate units per growth step, as a fraction of each layer's seed width "
+                             "(default: 1.0)")
+    method.add_argument("--max-width", type=_float_in(1, 1000), default=None,
+                        help="lsg: a layer grows to at most this many times its seed width (default: 8.0)")
+    method.add_argument("--mask-lr", type=_float_in(0, 10, low_open=True), default=None,
+                        help="lsg: Adam learning rate of the masks (default: 5e-4, the papers'; short runs then "
+                             "keep nearly every kernel and candidate)")
     other = run.add_argument_group("run")
     other.add_argument("--router", choices=ROUTERS, default="auto",
                        help="router for task-ID-free (routed) accuracy ('none': skip it)")
@@ -220,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     other.add_argument("--threads", type=_int_at_least(1), default=None,
                        help="CPU threads for torch (default: 1 on digits, all cores on MNIST)")
     other.add_argument("--out", type=Path, default=None,
-                       help="results folder (default: runs/<benchmark>-<model>[-cpg]-<date>-<time>)")
+                       help="results folder (default: runs/<benchmark>-<model>[-cpg|-lsg]-<date>-<time>)")
     other.add_argument("--no-plots", action="store_true", help="skip the PNG pictures (no matplotlib needed)")
     other.add_argument("--no-progress", action="store_true", help="no progress bars")
     other.add_argument("-v", "--verbose", action="store_true",
@@ -251,6 +273,10 @@ class Config:
     grow_step: float | None
     max_growth: float | None
     pick_lr: float | None
+    seed_fraction: float | None
+    candidates: float | None
+    max_width: float | None
+    mask_lr: float | None
     router: str
     memory: int
     seed: int
@@ -284,14 +310,19 @@ def resolve(args: argparse.Namespace, error) -> Config:
     if model in ("convnet", "resnet") and args.benchmark.startswith("sequential"):
         error(f"argument --model: {args.benchmark} gives sequences of rows, not images; use lstm or mlp")
     width = args.width if args.width is not None else (base.mlp_width if model == "mlp" else None)
-    cpg = {"goal": 0.95, "grow_step": 0.25, "max_growth": 1.5, "pick_lr": 1e-4}
-    if args.method != "cpg":
-        given = [f"--{k.replace('_', '-')}" for k in cpg if getattr(args, k) is not None]
-        if given:
-            error(f"argument {given[0]}: only with --method cpg")
-        cpg = dict.fromkeys(cpg)
-    else:
-        cpg = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in cpg.items()}
+    options = {}
+    for name, default in {**METHOD_OPTIONS["cpg"], **METHOD_OPTIONS["lsg"]}.items():
+        methods = [m for m, names in METHOD_OPTIONS.items() if name in names]
+        value = getattr(args, name)
+        if args.method not in methods:
+            if value is not None:
+                error(f"argument --{name.replace('_', '-')}: only with --method {' or '.join(methods)}")
+            options[name] = None
+        else:
+            options[name] = default if value is None else value
+    if args.method == "lsg":  # the seed: a fraction of the full width
+        full = width if width is not None else zoo.MODELS[model].default_width
+        width = max(1, round(full * options["seed_fraction"]))
     tag = "" if args.method == "eidetic" else f"-{args.method}"
     out = args.out or Path("runs") / f"{args.benchmark}-{model}{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and not out.is_dir():
@@ -303,7 +334,7 @@ def resolve(args: argparse.Namespace, error) -> Config:
         lr=base.lr if args.lr is None else args.lr,
         pruning=args.pruning, prune_step=args.prune_step, threshold=args.threshold,
         tolerance=base.tolerance if args.tolerance is None else args.tolerance,
-        recovery_epochs=args.recovery_epochs, share=args.share, method=args.method, **cpg, router=args.router,
+        recovery_epochs=args.recovery_epochs, share=args.share, method=args.method, **options, router=args.router,
         memory=args.memory,
         seed=args.seed,
         device=_check_device(args.device, error),
@@ -379,17 +410,15 @@ def train(config: Config) -> Run:
                                     data_dir=config.data_dir, download=config.download)
     tasks = bench.as_tasks(config.batch_size, seed=config.seed)
     net = zoo.build_model(config.model, bench.input_shape, config.width, method=config.method).to(config.device)
-    extra = {} if config.method != "cpg" else {
-        "goal": config.goal, "growing": Growing(step=config.grow_step, max_ratio=config.max_growth),
-        "picking": Picking(lr=config.pick_lr)}
+    extra = _method_arguments(config)
     run = Run(config, net, bench)
     run.timings = {"load": time.perf_counter() - start, "tasks": []}
     print(f"eidetic {__version__}: {config.benchmark}, {len(bench)} tasks, {config.model} "
           f"({sum(p.numel() for p in net.parameters()):,} parameters), {config.epochs} epoch(s) per task, "
-          f"pruning {config.pruning}, method {config.method}"
+          f"pruning {config.pruning if config.method != 'lsg' else 'none (learned masks)'}, method {config.method}"
           f"{'' if config.goal is None else f' (goal {config.goal:g})'}, "
           f"device {config.device}\ndata: {bench.source}")
-    pruning = None if config.pruning == "none" else Pruning(
+    pruning = None if config.pruning == "none" or config.method == "lsg" else Pruning(
         method=config.pruning, step=config.prune_step, threshold=config.threshold, tolerance=config.tolerance,
         recovery_epochs=config.recovery_epochs,
         tasks=len(tasks) if config.share and config.method == "eidetic" else None)
@@ -408,7 +437,7 @@ def train(config: Config) -> Run:
             run.results.add(evaluation, report, net)
             run.timings["tasks"].append({**report.seconds, "evaluate": time.perf_counter() - mark})
             bar.update(1)
-            tqdm.write(_task_line(k, len(tasks), bench.classes[k], report, evaluation))
+            tqdm.write(_task_line(k, len(tasks), bench.classes[k], report, evaluation, config.method != "eidetic"))
     run.identical = all(torch.equal(_test_logits(net, t.test, k), first_logits[k]) for k, t in enumerate(tasks))
     run.timings["total"] = time.perf_counter() - start
     return run
@@ -424,7 +453,18 @@ def _test_logits(net: ContinualNetwork, loader, task: int) -> torch.Tensor:
     return out
 
 
-def _task_line(k: int, total: int, classes: list[int], report, evaluation) -> str:
+def _method_arguments(config: Config) -> dict:
+    """The mixin's ``train_task`` arguments of ``config.method``."""
+    if config.method == "cpg":
+        return {"goal": config.goal, "growing": Growing(step=config.grow_step, max_ratio=config.max_growth),
+                "picking": Picking(lr=config.pick_lr)}
+    if config.method == "lsg":
+        return {"goal": config.goal, "growth": SparseGrowth(candidates=config.candidates, max_width=config.max_width,
+                                                            mask_lr=config.mask_lr)}
+    return {}
+
+
+def _task_line(k: int, total: int, classes: list[int], report, evaluation, parameters: bool = False) -> str:
     names = ",".join(str(c) for c in classes) if len(classes) <= 4 else f"{len(classes)} classes"
     kept = sum(s.accepted for s in report.prune_steps)
     units = sum(report.units.values())
@@ -433,8 +473,9 @@ def _task_line(k: int, total: int, classes: list[int], report, evaluation) -> st
     grown = "" if report.goal is None else (  # cpg: the goal, the attempts (one per growth step), the growth kept
         f"goal {'met' if report.goal_met else 'missed'}, {len(report.attempts)} attempt(s), kept "
         f"{report.kept_attempt + 1}, grew {sum(report.grown.values())} units, ")
+    size = f"{report.parameters:,} parameters, " if parameters else ""
     return (f"task {k + 1}/{total} [{names}]: train acc {report.final_metric:.3f}, "
-            f"{kept}/{len(report.prune_steps)} pruning steps kept, {grown}{units} units frozen, {free} free, "
+            f"{kept}/{len(report.prune_steps)} pruning steps kept, {grown}{units} units frozen, {free} free, {size}"
             f"{report.seconds['total']:.1f}s | test acc of tasks so far: {accuracies}")
 
 

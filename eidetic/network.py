@@ -21,16 +21,17 @@ from . import checkpoint
 from .errors import GraphError, TaskError
 from .evaluation.capacity import Capacity, measure_capacity
 from .evaluation.report import PruneStep, TaskReport
-from .graph import UnitGraph, discover, validate
+from .graph import FEATURES, UnitGraph, discover, validate
 from .guarantee import phases
 from .guarantee.eras import AlignedInputs, Era, paused
 from .guarantee.guard import Guard
 from .guarantee.layout import LayoutSensitiveCalls, moved_calls
 from .guarantee.masks import Mask
+from .guarantee.narrowing import narrow_maps, new_units, shrunk
 from .guarantee.norm import FrozenNorms
 from .guarantee.ownership import Ownership
 from .guarantee.slices import head_columns, out_mask, row_owners
-from .guarantee.widening import check_request, resize_body, touched
+from .guarantee.widening import Resized, check_request, position_map, resize_body, touched
 from .inference import export as exporting
 from .inference import predict as prediction
 from .inference.heads import TaskHeads
@@ -513,7 +514,8 @@ class ContinualNetwork(nn.Module):
             with LayoutSensitiveCalls() as calls_before:
                 before = self._finished_outputs()
             try:
-                self._resize(added)
+                resized = self._resize(added)
+                undo.unit_maps, undo.layouts = resized.unit_maps, resized.layouts
                 if recycle:
                     phases.recycle(state.layers, state.graph, state.ownership)
                 self._make_guard()
@@ -556,7 +558,48 @@ class ContinualNetwork(nn.Module):
         state.undo.pop().restore()
         state.restored(self.parameters())
 
-    def _resize(self, added: dict[str, int]) -> None:
+    def _keep_new_units(self, kept: dict[str, torch.Tensor]) -> Callable[[str, torch.Tensor], torch.Tensor]:
+        """Keep, of the units that the open task's last widening added, those that ``kept``
+        selects (``{group: mask over the group's units}``), and give the others back: the network
+        ends as wide as if it had been widened by the kept units only, holding the wide network's
+        values on them (see :mod:`eidetic.guarantee.narrowing`). The dropped units must not reach
+        the open task's outputs (a mixin's gate at exactly 0). Returns a function narrowing a
+        tensor laid out as body tensor ``"module.tensor"`` was, for a mixin's per-entry state."""
+        state = self._eidetic
+        if not state.undo:
+            raise TaskError("no widening of the open task to narrow")
+        to_wide, wide_graph = state.undo[-1].unit_maps, state.graph
+        names = touched(wide_graph, kept)  # the others kept their tensors through the widening
+        wide = {name: (spec.unit_count(m), spec.input_size(m), {t: getattr(m, t).detach().clone()
+                                                                 for t in spec.tensor_names()})
+                for name, (m, spec) in state.layers.items() if name in names}
+        head = self.heads.head(self.num_tasks - 1)
+        wide_head = head.weight.detach().clone()
+        counts = {key: int((mask & new_units(wide_graph[key].size, to_wide[key])).sum()) for key, mask in kept.items()}
+        self._undo_widening()
+        to_narrow = {}
+        if any(counts.values()):
+            self._widen(counts)
+            to_narrow = state.undo[-1].unit_maps
+        maps = narrow_maps(state.graph, wide_graph, to_wide, to_narrow, kept)
+        layouts = {}
+        with torch.no_grad():
+            for name in names:
+                module, spec = state.layers[name]
+                units, inputs, tensors = wide[name]
+                out_map = position_map(state.graph, wide_graph, name, maps, spec.unit_count(module), units, "outs")
+                in_map = position_map(state.graph, wide_graph, name, maps, spec.input_size(module), inputs, "ins")
+                for tensor_name, value in tensors.items():
+                    layout = layouts[f"{name}.{tensor_name}"] = spec.grown_layout(tensor_name, out_map, units, in_map,
+                                                                                  inputs)
+                    getattr(module, tensor_name).copy_(shrunk(value, layout))
+            features = position_map(state.graph, wide_graph, FEATURES, maps, state.graph.feature_dim,
+                                    wide_graph.feature_dim, "ins")
+            head.weight.copy_(wide_head[:, features.to(wide_head.device)])
+        self._make_guard()
+        return lambda name, tensor: shrunk(tensor, layouts[name]) if name in layouts else tensor
+
+    def _resize(self, added: dict[str, int]) -> Resized:
         state = self._eidetic
         graph, layers = state.graph, state.layers
         names = [n for n in touched(graph, added) if layers[n][1].input_size(layers[n][0])]  # layers reading units
@@ -584,6 +627,7 @@ class ContinualNetwork(nn.Module):
         self.heads.widen(resized.features, resized.graph.feature_dim, state.frozen_tasks)
         state.routers.widen(resized.features, resized.graph.feature_dim)
         phases.reinitialize(state.layers, state.graph, resized.new_units)
+        return resized
 
     def _finished_outputs(self) -> list[torch.Tensor]:
         """Every finished task's logits on the synthetic example, in evaluation mode."""
@@ -646,8 +690,8 @@ class ContinualNetwork(nn.Module):
         if name not in self._body_parameters():
             raise TaskError(f"'{name}' is not a parameter of the body")
         state.masks.release(task, name, entries, self._row_owner, state.frozen_tasks)
-        if state.guard is not None:
-            state.guard.release(name, state.masks.released[name])
+        if state.guard is not None:  # a new guard: the transaction's snapshot keeps the old one, to roll back with
+            self._make_guard()
 
     def _open_or_new(self) -> int:
         if self.num_tasks == self._eidetic.frozen_tasks:

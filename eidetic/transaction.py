@@ -79,6 +79,8 @@ class Widening:
         self.routers = state.routers.state()
         heads = [net.heads, *net.heads]
         self.modules = [SavedModule.of(m) for m, _ in state.layers.values()] + [SavedModule.of(h) for h in heads]
+        self.unit_maps: dict[str, torch.Tensor] = {}  # filled in by the widening: see Resized
+        self.layouts: dict[str, list] = {}
 
     def restore(self) -> None:
         state = self.net._eidetic

@@ -11,7 +11,9 @@ input shape and a width, and returns features; ``train_task`` adds the heads.
 * :class:`RowLSTM`: a two-layer LSTM reading the input row by row, features from its last step.
 
 Each has a twin with :class:`~eidetic.CPGMixin` (compacting, picking, growing): :class:`CPGMLP`,
-:class:`CPGConvNet`, :class:`CPGResNet` and :class:`CPGRowLSTM` (``build_model(..., method="cpg")``).
+:class:`CPGConvNet`, :class:`CPGResNet` and :class:`CPGRowLSTM` (``build_model(..., method="cpg")``),
+and one with :class:`~eidetic.LSGMixin` (learnable sparse growth): :class:`LSGMLP` and the others
+(``method="lsg"``).
 A model's ``config`` records its method, so that :func:`load_checkpoint` rebuilds the same class;
 checkpoints saved before methods existed load as plain ``"eidetic"`` models.
 
@@ -38,6 +40,7 @@ from torch import nn
 
 from .errors import CheckpointError
 from .mixins.cpg import CPGMixin
+from .mixins.lsg import LSGMixin
 from .network import ContinualNetwork
 
 _CHECKPOINT_FORMAT = 1
@@ -45,7 +48,8 @@ _CHECKPOINT_FORMAT = 1
 
 class _ZooModel(ContinualNetwork):
     """A ContinualNetwork that remembers how it was built (``config``), for checkpoints; its
-    ``"method"`` is ``"cpg"`` for the classes with :class:`~eidetic.CPGMixin`, else ``"eidetic"``."""
+    ``"method"`` is ``"cpg"`` for the classes with :class:`~eidetic.CPGMixin`, ``"lsg"`` for those
+    with :class:`~eidetic.LSGMixin`, else ``"eidetic"``."""
 
     name = ""
     default_width = 0
@@ -55,7 +59,8 @@ class _ZooModel(ContinualNetwork):
         width = self.default_width if width is None else width
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"width must be a positive int, got {width!r}")
-        self.config = {"model": self.name, "method": "cpg" if isinstance(self, CPGMixin) else "eidetic",
+        method = "cpg" if isinstance(self, CPGMixin) else "lsg" if isinstance(self, LSGMixin) else "eidetic"
+        self.config = {"model": self.name, "method": method,
                        "input_shape": [int(d) for d in input_shape], "width": width}
 
 
@@ -228,16 +233,39 @@ class CPGRowLSTM(CPGMixin, RowLSTM):
 CPG_MODELS: dict[str, type[_ZooModel]] = {"mlp": CPGMLP, "convnet": CPGConvNet, "resnet": CPGResNet,
                                           "lstm": CPGRowLSTM}
 """The models by name, with :class:`~eidetic.CPGMixin`."""
-METHODS = ("eidetic", "cpg")
-"""How a model learns: the base class alone, or with the CPG mixin."""
-_CLASSES = {"eidetic": MODELS, "cpg": CPG_MODELS}
+
+
+class LSGMLP(LSGMixin, MLP):
+    """:class:`MLP` with the learnable sparse growth mixin (build it at seed width)."""
+
+
+class LSGConvNet(LSGMixin, ConvNet):
+    """:class:`ConvNet` with the learnable sparse growth mixin."""
+
+
+class LSGResNet(LSGMixin, ResNet):
+    """:class:`ResNet` with the learnable sparse growth mixin."""
+
+
+class LSGRowLSTM(LSGMixin, RowLSTM):
+    """:class:`RowLSTM` with the learnable sparse growth mixin (its two-layer LSTM does not grow:
+    see docs/lsg.md)."""
+
+
+LSG_MODELS: dict[str, type[_ZooModel]] = {"mlp": LSGMLP, "convnet": LSGConvNet, "resnet": LSGResNet,
+                                          "lstm": LSGRowLSTM}
+"""The models by name, with :class:`~eidetic.LSGMixin`."""
+METHODS = ("eidetic", "cpg", "lsg")
+"""How a model learns: the base class alone, with the CPG mixin, or with the LSG mixin."""
+_CLASSES = {"eidetic": MODELS, "cpg": CPG_MODELS, "lsg": LSG_MODELS}
 
 
 def build_model(name: str, input_shape: tuple[int, ...], width: int | None = None,
                 method: str = "eidetic") -> ContinualNetwork:
     """A fresh model by name (``"mlp"``, ``"convnet"``, ``"resnet"`` or ``"lstm"``) for inputs of
     ``input_shape``; ``width`` (``None``: the model's default) sets its size, and ``method``
-    (``"eidetic"`` or ``"cpg"``) whether it learns with :class:`~eidetic.CPGMixin`.
+    (``"eidetic"``, ``"cpg"`` or ``"lsg"``) whether it learns with :class:`~eidetic.CPGMixin` or
+    :class:`~eidetic.LSGMixin`.
 
     Example::
 

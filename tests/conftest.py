@@ -17,7 +17,7 @@ import eidetic.training.scoring
 
 settings.register_profile(
     "default",
-    max_examples=200,
+    max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     derandomize=False,

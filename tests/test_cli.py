@@ -228,8 +228,35 @@ def test_cpg_picking_keeps_the_accuracy_matrix_flat(capsys, tmp_path):
             assert [row[k] for row in document["results"]["matrix"][k:]] == [accuracy] * (3 - k)
 
 
+def test_lsg_grows_from_a_seed_and_prints_the_parameters_per_task(capsys, tmp_path):
+    """``eidetic run --method lsg``: the MLP is built at 1/4 of --width 16, grows while a task
+    misses the goal (1.0 on the training data: always), and every task line gives the parameters."""
+    code, out, err = run(capsys, "run", "--method", "lsg", "--goal", "1.0", "--width", "16", "--seed-fraction", "0.25",
+                         "--max-width", "3", "--mask-lr", "0.01", *QUICK, "--no-plots", "--out", tmp_path)
+    assert code == 0, err
+    assert "method lsg (goal 1)" in out and "pruning none (learned masks)" in out
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["model"]["method"] == "lsg" and document["model"]["width"] == 4
+    assert document["config"]["max_width"] == 3.0 and document["config"]["mask_lr"] == 0.01
+    reports = document["results"]["reports"]
+    assert reports[0]["grown"] and reports[0]["prune_steps"] == []
+    for k, report in enumerate(reports):
+        assert f"task {k + 1}/2" in out and f"{report['parameters']:,} parameters" in out
+    units = {row["group"]: row["total"] for row in document["capacity"]["layers"]}
+    assert units == {g: 4 + sum(r["grown"].get(g, 0) for r in reports) for g in units}
+    assert all(n <= 12 for n in units.values())  # 3 times the seed at most
+    assert document["results"]["bwt"] == 0.0 and document["logits_identical"] is True
+    loaded = zoo.load_checkpoint(tmp_path / "model.pt")
+    assert type(loaded) is zoo.LSGMLP and {g.key: g.size for g in loaded.graph} == units
+
+
 @pytest.mark.parametrize(("argv", "message"), [
-    (["run", "--goal", "0.9"], "argument --goal: only with --method cpg"),
+    (["run", "--goal", "0.9"], "argument --goal: only with --method cpg or lsg"),
+    (["run", "--method", "cpg", "--mask-lr", "0.1"], "argument --mask-lr: only with --method lsg"),
+    (["run", "--seed-fraction", "0.5"], "argument --seed-fraction: only with --method lsg"),
+    (["run", "--method", "lsg", "--pick-lr", "1e-3"], "argument --pick-lr: only with --method cpg"),
+    (["run", "--method", "lsg", "--seed-fraction", "0"], "must be in (0, 1]"),
+    (["run", "--method", "lsg", "--max-width", "0.5"], "must be in [1, 1000]"),
     (["run", "--max-growth", "2"], "argument --max-growth: only with --method cpg"),
     (["run", "--method", "eidetic", "--grow-step", "0.5"], "argument --grow-step: only with --method cpg"),
     (["run", "--pick-lr", "1e-3"], "argument --pick-lr: only with --method cpg"),

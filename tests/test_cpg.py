@@ -32,7 +32,7 @@ from eidetic.testing import all_logits, optimizers, unit_state
 from models import CNN, MLP, ResNet, input_shape
 from strategies import cnn_specs, mlp_specs, resnet_specs
 
-examples = settings(max_examples=max(10, settings.default.max_examples // 8))  # 25 by default, 250 deep
+examples = settings(max_examples=max(10, settings.default.max_examples // 8))  # 18 by default, 250 deep
 _CPG = {family: type(f"CPG{family.__name__}", (eidetic.CPGMixin, family), {})
         for family in (MLP, CNN, ResNet, SeqNet)}
 

@@ -22,7 +22,7 @@ import eidetic
 from models import CNN, MLP, ConcatNet, ResNet, input_shape
 from strategies import cnn_specs, concat_specs, mlp_specs, resnet_specs
 
-examples = settings(max_examples=max(6, settings.default.max_examples // 25))  # 8 by default, 80 deep
+examples = settings(max_examples=max(6, settings.default.max_examples // 25))  # 6 by default, 80 deep
 _CPG = {family: type(f"CPG{family.__name__}", (eidetic.CPGMixin, family), {})
         for family in (MLP, CNN, ResNet, SeqNet)}
 

@@ -19,7 +19,7 @@ from eidetic.testing import OptimizerChoice, all_logits, optimizers, prunings, u
 from models import CNN, MLP, input_shape
 from strategies import cnn_specs, mlp_specs
 
-examples = settings(max_examples=max(10, settings.default.max_examples // 8))  # 25 by default, 250 deep
+examples = settings(max_examples=max(10, settings.default.max_examples // 8))  # 18 by default, 250 deep
 precisions = st.lists(st.sampled_from(["bf16", "fp16", None]), min_size=2, max_size=3)
 
 

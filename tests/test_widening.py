@@ -36,7 +36,7 @@ from models import CNN, MLP, ConcatNet, ResNet, input_shape
 from strategies import cnn_specs, concat_specs, mlp_specs, resnet_specs
 
 seeds = st.integers(0, 2**16)
-examples = settings(max_examples=max(10, settings.default.max_examples // 8))  # 25 by default, 250 deep
+examples = settings(max_examples=max(10, settings.default.max_examples // 8))  # 18 by default, 250 deep
 
 
 def _loader(shape, plan, classes, t):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+import eidetic
 from eidetic import zoo
 from eidetic.errors import CheckpointError
 
@@ -27,18 +28,26 @@ def test_every_model_trains_and_round_trips_through_a_checkpoint(name, tmp_path)
         assert torch.equal(loaded.logits(x, 0), net.logits(x, 0))
 
 
+@pytest.mark.parametrize("method, width, kwargs", [
+    ("cpg", 4, {}),
+    ("lsg", 2, {"growth": eidetic.SparseGrowth(candidates=2, max_width=3.0, mask_lr=0.1)}),  # reloads at seed width
+])
 @pytest.mark.parametrize("name", sorted(zoo.MODELS))
-def test_every_model_learns_with_cpg_and_round_trips(name, tmp_path):
+def test_every_model_learns_with_each_mixin_and_round_trips(name, method, width, kwargs, tmp_path):
+    """Growth where the model can grow (LSG does not grow the two-layer LSTM); the checkpoint
+    rebuilds the class, its width at set-up and every grown unit."""
     torch.manual_seed(0)
-    net = zoo.build_model(name, SHAPES[name], width=4, method="cpg")
-    assert isinstance(net, zoo.CPG_MODELS[name]) and net.config["method"] == "cpg"
+    net = zoo.build_model(name, SHAPES[name], width=width, method=method)
+    classes = {"cpg": zoo.CPG_MODELS, "lsg": zoo.LSG_MODELS}[method]
+    assert isinstance(net, classes[name]) and net.config["method"] == method
     x = torch.randn(24, *SHAPES[name])
     data = TensorDataset(x, torch.arange(24) % 3)
     for t in range(2):
         net.train_task(t, data, batch_size=8, num_classes=3, epochs=1, progress=False, goal=1.0,
-                       optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+                       optimizer=lambda p: torch.optim.Adam(p, lr=1e-2), **kwargs)
     loaded = zoo.load_checkpoint(zoo.save_checkpoint(net, tmp_path / "model.pt"))
-    assert type(loaded) is type(net) and loaded.config == net.config
+    assert type(loaded) is type(net) and loaded.config == net.config and loaded.config["width"] == width
+    assert {g.key: g.size for g in loaded.graph} == {g.key: g.size for g in net.graph}
     net.eval(), loaded.eval()
     with torch.no_grad():
         assert all(torch.equal(loaded.logits(x, k), net.logits(x, k)) for k in range(2))

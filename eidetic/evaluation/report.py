@@ -55,6 +55,8 @@ class TaskReport:
         kept_attempt: the index in ``attempts`` of the attempt the task kept.
         grown: ``{group: units added}`` during the task (growing mixins).
         picked: ``{layer: fraction of its frozen weights the task's mask keeps}`` (picking mixins).
+        released: ``{layer: frozen weight entries the task retrained}``, released by earlier tasks'
+            masks (``LSGMixin``).
     """
 
     task: int
@@ -74,6 +76,7 @@ class TaskReport:
     kept_attempt: int | None = None
     grown: dict[str, int] = field(default_factory=dict)
     picked: dict[str, float] = field(default_factory=dict)
+    released: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dictionary."""

@@ -112,14 +112,6 @@ class Guard:
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         self._stepped = [f for f in self.frozen if id(f.tensor) in held]
 
-    def release(self, name: str, mask: torch.Tensor) -> None:
-        """Leave the entries of ``mask`` (over the whole tensor ``"module.tensor"``) to the
-        optimizer from now on."""
-        module, _, tensor_name = name.rpartition(".")
-        f = self._by_tensor.get((module, tensor_name))
-        if f is not None:
-            f.released = mask.to(f.values.device).index_select(f.dim, f.index)
-
     def frozen_slice(self, module: str, name: str) -> FrozenSlice | None:
         """The frozen slice of ``module.name``, or ``None`` if nothing of it is frozen."""
         return self._by_tensor.get((module, name))

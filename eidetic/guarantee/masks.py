@@ -174,11 +174,13 @@ class TaskMasks:
               row_owner: Callable[[str], torch.Tensor]) -> None:
         """Tensor ``name`` was widened, its entries moved as ``layout`` says (see
         :meth:`LayerSpec.grown_layout`). New mask entries are 0: no finished task reads a new
-        entry. New entries take the owner of their row."""
+        entry. New entries take the owner of their row, and are not released."""
         for masks in self.masks.values():
             mask = masks.get(name)
             if isinstance(mask, torch.Tensor):
                 masks[name] = grown(mask, [m for m in layout if mask.shape[m[0]] != 1])
+        if name in self.released:  # the open task's released entries follow; new entries are not released
+            self.released[name] = grown(self.released[name], layout)
         if name in self.entry_owner:
             old = self.entry_owner[name]
             moved = grown(torch.ones_like(old, dtype=torch.bool), layout)

@@ -65,6 +65,7 @@ class Resized:
     in_maps: dict[str, torch.Tensor]  # per resized layer: new position of each old input position
     layouts: dict[str, list[tuple[int, torch.Tensor, int]]]  # per "module.tensor": how its entries moved
     saved: dict[str, SavedModule]  # the resized layers as they were
+    unit_maps: dict[str, torch.Tensor]  # per group: new unit number of every old unit
 
 
 def check_request(graph: UnitGraph, units) -> dict[str, int]:
@@ -221,7 +222,7 @@ def resize_body(layers: Layers, graph: UnitGraph, ownership: Ownership, added: d
         owners.owner[group.key][maps[group.key]] = ownership.owner[group.key]
         owners.pruned[group.key][maps[group.key]] = ownership.pruned[group.key]
     return Resized(new_graph, new_layers, owners, new_units, features, out_maps, in_maps, layouts,
-                   dict(zip(names, saved)))
+                   dict(zip(names, saved)), maps)
 
 
 def unit_maps(old: UnitGraph, new: UnitGraph, added: dict[str, int],

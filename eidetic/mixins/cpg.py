@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-import torch
-
-from ..errors import GraphError, TaskError
 from ..guarantee import phases
 from ..guarantee.snapshot import Snapshot
-from ..training.pruning import Pruning, prune
 from ..training.session import Plan, TaskSession
+from .arguments import check_goal, check_setting, refuse_fp16, refuse_optimizer_instance
 from .growing import Growing
 from .picking import Picker, Picking
+from .stages import compact, try_widen
 
 log = logging.getLogger("eidetic")
 
@@ -82,20 +80,13 @@ class CPGMixin:
             a :class:`~eidetic.TaskReport` with ``goal``, ``goal_met``, ``attempts``,
             ``kept_attempt``, ``grown`` and ``picked`` filled in.
         """
-        if goal is not None and (isinstance(goal, bool) or not isinstance(goal, (int, float))
-                                 or not 0.0 <= goal <= 1.0):
-            raise TaskError(f"goal={goal!r}: the accuracy goal is a number in [0, 1], or None")
-        if picking is not None and not isinstance(picking, Picking):
-            raise TaskError(f"picking must be an eidetic.Picking or None, got {type(picking).__name__}")
-        if growing is not None and not isinstance(growing, Growing):
-            raise TaskError(f"growing must be an eidetic.Growing or None, got {type(growing).__name__}")
-        if goal is not None and growing is not None and isinstance(kwargs.get("optimizer"), torch.optim.Optimizer):
-            raise TaskError("growing replaces the network's parameters by bigger ones, which an optimizer instance "
-                            "does not hold: pass a factory (optimizer=lambda params: torch.optim.SGD(params, "
-                            "lr=1e-2)), or growing=None")
-        if picking is not None and kwargs.get("precision") == "fp16":
-            raise TaskError("picking under precision='fp16' is not supported (the scores' optimizer would step on "
-                            "scaled gradients); use precision='bf16', or picking=None")
+        check_goal(goal)
+        check_setting("picking", picking, Picking)
+        check_setting("growing", growing, Growing)
+        if goal is not None and growing is not None:
+            refuse_optimizer_instance(kwargs, "growing", "growing=None")
+        if picking is not None:
+            refuse_fp16(kwargs, "picking", "picking=None")
         self._cpg = (goal, picking, growing)
         try:
             return super().train_task(task, train_data, **kwargs)
@@ -159,13 +150,7 @@ class CPGMixin:
         if picker is not None:
             picker.stop()
             report.picked = picker.picked()
-        if plan.pruning is not None:
-            pruning = plan.pruning
-            if goal is not None and isinstance(pruning, Pruning):
-                pruning = replace(pruning, monitor=plan.monitor)
-            report.reference_metric, report.prune_steps = prune(
-                session, state.layers, state.graph, state.ownership, pruning, goal)
-        report.seconds["prune"] = time.perf_counter() - plan.start - report.seconds["train"]
+        compact(self, session, plan, goal)
         return session
 
     def _grow(self, growing: Growing, grown: dict[str, int]) -> bool:
@@ -175,10 +160,7 @@ class CPGMixin:
         request = growing.request(state.graph, state.layers, state.initial_sizes)
         if not request:
             return False
-        try:
-            self._widen(request)
-        except GraphError as error:
-            log.warning("task %d: cannot grow further: %s", self.num_tasks - 1, error)
+        if not try_widen(self, request):
             return False
         body = sum(p.numel() for p in self._body_parameters().values())
         if body > growing.max_ratio * state.initial_parameters:
