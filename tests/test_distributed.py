@@ -23,6 +23,10 @@ SPECS = {
 }
 
 
+RELEASING = eidetic.SparseGrowth(candidates=2, max_width=3.0, mask_lr=1.0, penalty=0.5)  # masks that flip at once
+GROWING = eidetic.SparseGrowth(candidates=2, max_width=3.0, mask_lr=0.1)  # gates that stay open
+
+
 def _state(net) -> dict:
     tensors = {k: v.clone() for k, v in net.state_dict().items() if isinstance(v, torch.Tensor)}
     owners = {k: v.clone() for k, v in net._eidetic.ownership.owner.items()}
@@ -43,8 +47,9 @@ def _worker(rank: int, init: str, out: str, model: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
     torch.manual_seed(100 + rank)  # each rank draws differently: eidetic must keep them in step
-    family, spec, shape = SPECS[model[:3]] if model != "cpg" else SPECS["mlp"]
-    cls = type("CPGNet", (eidetic.CPGMixin, family), {}) if model == "cpg" else family
+    family, spec, shape = SPECS[model] if model in SPECS else SPECS["mlp"]
+    mixin = {"cpg": eidetic.CPGMixin, "lsg": eidetic.LSGMixin}.get(model)
+    cls = type("MixedNet", (mixin, family), {}) if mixin else family
     net = cls(spec)
     fixed = torch.randn(5, *shape, generator=torch.Generator().manual_seed(0))
     ended, history, states, attempts = [], [], [], []
@@ -53,7 +58,8 @@ def _worker(rank: int, init: str, out: str, model: str) -> None:
         g = torch.Generator().manual_seed(t)
         data = TensorDataset(torch.randn(48, *shape, generator=g), torch.randint(0, 3, (48,), generator=g))
         loader = DataLoader(data, batch_size=8, sampler=DistributedSampler(data, WORLD, rank, seed=t))
-        extra = {"goal": 1.0 if t == 1 else 0.0, "growing": eidetic.Growing(step=2)} if model == "cpg" else {}
+        extra = {"cpg": {"goal": 1.0 if t == 1 else 0.0, "growing": eidetic.Growing(step=2)},
+                 "lsg": {"goal": 1.0 if t == 1 else 0.0, "growth": GROWING if t == 1 else RELEASING}}.get(model, {})
         report = net.train_task(t, loader, val_data=loader, num_classes=3, epochs=2, progress=False,
                        optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
                        pruning=eidetic.Pruning(method="taylor", step=0.3, max_steps=2), callbacks=[trace],
@@ -65,7 +71,7 @@ def _worker(rank: int, init: str, out: str, model: str) -> None:
         ended.append(logits[t])
         history.append(logits)
         states.append(_state(net))
-        attempts.append((report.attempts, report.kept_attempt, report.grown))
+        attempts.append((report.attempts, report.kept_attempt, report.grown, report.released))
     torch.save({"ended": ended, "history": history, "states": states, "attempts": attempts,
                 "epochs": trace.epochs}, f"{out}/{rank}.pt")
     dist.destroy_process_group()
@@ -114,3 +120,13 @@ def test_two_ranks_with_cpg_growth_stay_identical(tmp_path):
     _check(results)
     assert results[0]["attempts"] == results[1]["attempts"]  # the same decisions on both ranks
     assert len(results[0]["attempts"][1][0]) > 1  # task 1 missed its goal and tried a wider network
+
+
+def test_two_ranks_with_learnable_sparse_growth_stay_identical(tmp_path):
+    """Each rank draws its own Gumbel noise; the masks' gradients are averaged, so their scores,
+    decisions, the kept candidates and the released kernels are the same on both ranks."""
+    results = _run("lsg", tmp_path)
+    _check(results)
+    assert results[0]["attempts"] == results[1]["attempts"]
+    assert results[0]["attempts"][1][2], "task 1 did not grow"
+    assert any(a[3] for a in results[0]["attempts"]), "no kernel was released"
