@@ -138,6 +138,27 @@ def test_exported_cpg_task_uses_its_own_picked_weights():
         assert torch.equal(task, expected.task) and torch.equal(label, expected.label)
 
 
+def test_exported_lsg_tasks_match_after_growth_and_released_kernels():
+    """Learnable sparse growth: kernel masks, grown units, and kernels released by task 0's masks
+    and retrained by task 1 (which task 0's export must not read)."""
+    torch.manual_seed(4)
+    net = type("LSGMLP", (eidetic.LSGMixin, MLP), {})({"in": 6, "widths": [6, 6], "bn": True, "act": "relu"})
+    strong = eidetic.SparseGrowth(candidates=2, max_width=2.0, mask_lr=1.0, penalty=0.5)
+    _trained(net, (6,), 1, None, seed=4, growth=strong)
+    growing = eidetic.SparseGrowth(candidates=2, max_width=2.0, mask_lr=0.05)
+    generator = torch.Generator().manual_seed(5)
+    x, y = torch.randn(32, 6, generator=generator), torch.randint(0, 3, (32,), generator=generator)
+    report = net.train_task(1, DataLoader(TensorDataset(x, y), batch_size=8), num_classes=3, epochs=1,
+                            optimizer=lambda p: torch.optim.Adam(p, lr=1e-2), progress=False, goal=1.0,
+                            growth=growing)
+    assert report.released and report.grown
+    net.eval()
+    x = torch.randn(9, 6)
+    with torch.no_grad():
+        for k, out in enumerate(net.export()(x)):
+            _close(out, net.logits(x, k))
+
+
 def test_export_after_widening():
     """Heads from before a widening read their old features at their new positions."""
     torch.manual_seed(3)
