@@ -31,7 +31,7 @@ from eidetic import cli, zoo
 
 from common import interleaved, text_table, write_json
 
-ROUTERS = ("learned", "discriminant", "statistics", "energy", "max_softmax")
+ROUTERS = ("gaussian", "learned", "discriminant", "statistics", "energy", "max_softmax")
 
 
 class Plain(nn.Module):
@@ -65,6 +65,8 @@ def router_bytes(net: eidetic.ContinualNetwork, router: str) -> int:
     tasks = net.num_tasks
     if router == "learned":
         kept = sum(routers.memory.bytes_per_task()) + routers.learned.weight.numel() * 4
+    elif router == "gaussian":
+        kept = sum(t.numel() * 8 for task in routers.gaussian.classes for t in task.values())
     elif router == "discriminant":
         d = routers.discriminant
         kept = d.scatter.numel() * 8 + sum(m.numel() * 8 for m in d.means)

@@ -17,6 +17,8 @@ from .evaluation.report import EpochStats, PruneStep, TaskReport
 from .evaluation.runs import Evaluation, Results, Task, TaskEvaluation, evaluate, run_tasks
 from .graph import LayerSpec, UnitGraph, register_layer
 from .guarantee.ownership import FREE
+from .inference.discriminant import DiscriminantRouter
+from .inference.gaussian import GaussianRouter
 from .inference.routing import ConfidenceRouter, FeatureStatsRouter, LearnedRouter, Prediction
 from .mixins.cpg import CPGMixin
 from .mixins.growing import Growing
@@ -40,6 +42,8 @@ __all__ = [
     "Callback",
     "GracefulPruning",
     "ConfidenceRouter",
+    "DiscriminantRouter",
+    "GaussianRouter",
     "Evaluation",
     "FeatureStatsRouter",
     "LearnedRouter",

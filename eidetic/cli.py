@@ -60,7 +60,7 @@ METHOD_OPTIONS = {
     "lsg": {"goal": 0.95, "seed_fraction": 0.125, "candidates": 1.0, "max_width": 8.0, "mask_lr": 5e-4},
 }
 """The options of each method, with their defaults (``--goal`` is both methods')."""
-ROUTERS = ("auto", "learned", "discriminant", "statistics", "confidence", "entropy", "energy", "none")
+ROUTERS = ("auto", "gaussian", "learned", "discriminant", "statistics", "confidence", "entropy", "energy", "none")
 FILES = ("results.json", "accuracy_matrix.csv", "accuracy_matrix.png", "capacity.png", "model.pt")
 """The files ``eidetic run`` writes into its results folder (the pictures unless ``--no-plots``)."""
 
@@ -234,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "keep nearly every kernel and candidate)")
     other = run.add_argument_group("run")
     other.add_argument("--router", choices=ROUTERS, default="auto",
-                       help="router for task-ID-free (routed) accuracy ('none': skip it)")
+                       help="router for task-ID-free (routed) accuracy ('auto': the first of gaussian, learned and "
+                            "discriminant that covers every task; 'none': skip it)")
     other.add_argument("--memory", type=_int_at_least(0), default=200,
                        help="exemplars kept per task to fit the learned router (more: better routing)")
     other.add_argument("--seed", type=int, default=0, help="random seed (initialisation, shuffling, permutations)")

@@ -178,9 +178,11 @@ class ContinualNetwork(nn.Module):
 
         Args:
             x: a batch of inputs.
-            router: ``None`` (the learned router if fitted for every task, else the statistics
-                router), ``"learned"``, ``"statistics"``, ``"confidence"`` (maximum softmax),
-                ``"entropy"``, ``"energy"``, or any object with ``scores(features, logits)``.
+            router: ``None`` (the first of the Gaussian, learned and discriminant routers that
+                covers every task, else the statistics router, else confidence), ``"gaussian"``,
+                ``"learned"``, ``"discriminant"``, ``"statistics"``, ``"confidence"`` (maximum
+                softmax), ``"entropy"``, ``"energy"``, or any object with ``scores(features,
+                logits)`` (see docs/routing.md).
 
         Example::
 

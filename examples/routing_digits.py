@@ -21,7 +21,7 @@ from split_digits import MLP, TASKS, split_tasks
 
 import eidetic
 
-ROUTERS = ("learned", "discriminant", "statistics", "energy", "max_softmax")
+ROUTERS = ("gaussian", "learned", "discriminant", "statistics", "energy", "max_softmax")
 
 
 def main() -> None:

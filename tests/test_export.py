@@ -104,7 +104,7 @@ def test_export_removes_the_units_no_exported_task_reads():
     assert _body_parameters(net.export(0)) < _body_parameters(net.export()) < _body_parameters(net)
 
 
-@pytest.mark.parametrize("router", ["auto", "statistics", "learned", "energy"])
+@pytest.mark.parametrize("router", ["auto", "gaussian", "discriminant", "statistics", "learned", "energy"])
 def test_exported_router_answers_as_predict(router):
     """With a router the module returns ``(task, label)`` as ``predict`` picks them; the heads of
     a subset of tasks choose among those tasks only."""

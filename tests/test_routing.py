@@ -69,6 +69,98 @@ def test_the_discriminant_router_routes_separable_tasks_without_exemplars():
     assert routing_accuracy(net, tasks, "discriminant") >= 0.98
 
 
+def test_the_gaussian_router_routes_separable_tasks_without_exemplars():
+    tasks = separable_tasks()
+    net = train(tasks, memory=0)
+    assert net._eidetic.routers.gaussian.tasks == 3
+    assert routing_accuracy(net, tasks, "gaussian") >= 0.98
+
+
+def _same_means(seed: int, n: int = 200) -> list[tuple[TensorDataset, TensorDataset]]:
+    """Two tasks whose classes have the same means; task 1's inputs spread 4x wider along two
+    directions: only a per-class covariance tells them apart."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for t in range(2):
+        def sample(n_, t=t):
+            y = torch.randint(0, 2, (n_,), generator=g)
+            x = torch.randn(n_, 8, generator=g) * 0.5
+            x[:, 7] += (2 * y - 1) * 1.5
+            if t == 1:
+                x[:, :2] *= 4.0
+            return TensorDataset(x, y)
+        out.append((sample(n), sample(n)))
+    return out
+
+
+def test_the_gaussian_router_tells_apart_tasks_that_differ_only_in_shape():
+    tasks = _same_means(0)
+    net = train(tasks, memory=0)
+    assert routing_accuracy(net, tasks, "gaussian") >= 0.8  # the tasks overlap near the centre
+    assert routing_accuracy(net, tasks, "discriminant") <= 0.7  # one shared covariance: the means are alike
+
+
+def test_the_gaussian_scores_are_the_likelihood_of_its_low_rank_gaussians():
+    """Against torch.distributions: the class covariance V diag(l) V^T + s (I - V V^T), the log
+    of the mean likelihood of a task's classes (both up to the same constant, D/2 log 2 pi)."""
+    from eidetic.inference.gaussian import ClassScatter, GaussianRouter
+
+    g = torch.Generator().manual_seed(0)
+    router = GaussianRouter(rank=3)
+    for _ in range(2):
+        scatter = ClassScatter(2, 6, torch.device("cpu"))
+        scatter.add(torch.randn(40, 6, generator=g) * torch.linspace(0.5, 3, 6), torch.arange(40) % 2)
+        router.record(scatter)
+    x = torch.randn(7, 6, generator=g, dtype=torch.float64)
+    got = router.scores(x, [x, x], x)
+    for k, task in enumerate(router.classes):
+        per_class = []
+        for c in range(2):
+            v, values, residual = task["bases"][c], task["variances"][c], task["residual"][c]
+            covariance = v @ torch.diag(values) @ v.T + residual * (torch.eye(6, dtype=torch.float64) - v @ v.T)
+            normal = torch.distributions.MultivariateNormal(task["means"][c], covariance)
+            per_class.append(normal.log_prob(x) + 3 * torch.log(torch.tensor(2 * torch.pi, dtype=torch.float64)))
+        expected = torch.logsumexp(torch.stack(per_class), 0) - torch.log(torch.tensor(2.0, dtype=torch.float64))
+        torch.testing.assert_close(got[:, k], expected)  # two formulas for one number: equal up to rounding
+
+
+def test_the_leading_directions_are_the_top_eigenpairs():
+    """Subspace iteration from a fixed start against the full eigendecomposition, on a slowly
+    decaying spectrum (approximate by nature: each value within 1%, 99.9% of the top variance
+    captured, orthonormal directions), and the same answer twice."""
+    from eidetic.inference.gaussian import leading
+
+    a = torch.randn(300, 200, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    covariance = a.T @ torch.diag(torch.logspace(2, -2, 300, dtype=torch.float64)) @ a
+    values, vectors = leading(covariance, 16)
+    exact = torch.linalg.eigvalsh(covariance).flip(0)[:16]
+    torch.testing.assert_close(values, exact, rtol=1e-2, atol=0)
+    captured = torch.einsum("dr,de,er->r", vectors, covariance, vectors).sum()
+    assert captured >= 0.999 * exact.sum()
+    torch.testing.assert_close(vectors.T @ vectors, torch.eye(16, dtype=torch.float64))
+    again = leading(covariance, 16)
+    assert torch.equal(again[0], values) and torch.equal(again[1], vectors)
+    small = covariance[:40, :40]  # small matrices: the exact decomposition
+    torch.testing.assert_close(leading(small, 4)[0], torch.linalg.eigvalsh(small).flip(0)[:4])
+
+
+def test_inputs_too_large_for_the_gaussian_router_fall_back_to_the_next_router():
+    tasks = separable_tasks(2)
+    torch.manual_seed(0)
+    net = MLP(SPEC)
+    net._eidetic.routers.gaussian.max_features = 4  # the inputs have 8 values
+    for t, (train_set, _) in enumerate(tasks):
+        net.train_task(t, train_set, batch_size=16, num_classes=2, epochs=1, progress=False, memory=0,
+                       optimizer=lambda p: torch.optim.Adam(p, lr=0.02))
+    assert net._eidetic.routers.gaussian.tasks == 0
+    x = torch.cat([test.tensors[0] for _, test in tasks])
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(net.predict(x).task_scores, net.predict(x, router="discriminant").task_scores)
+    with pytest.raises(RuntimeError, match="gaussian router covers 0 of 2"):
+        net.predict(x, router="gaussian")
+
+
 def test_the_statistics_router_routes_separable_tasks_far_better_than_chance(trained):
     # Data-free: it only sees what each task's frozen features see, so it is weaker than the
     # learned router (docs/routing.md); chance is 1/3 here.
@@ -201,7 +293,7 @@ def test_the_router_state_survives_a_checkpoint(trained):
     net.eval()
     copy.eval()
     with torch.no_grad():
-        for router in ("learned", "discriminant", "statistics"):
+        for router in ("learned", "gaussian", "discriminant", "statistics"):
             assert torch.equal(net.predict(x, router=router).task_scores, copy.predict(x, router=router).task_scores)
 
 
@@ -212,8 +304,8 @@ def test_without_memory_the_learned_router_needs_data():
         net.fit_router()
     x = torch.cat([test.tensors[0] for _, test in tasks])
     net.eval()
-    with torch.no_grad():  # the default falls back to the discriminant router
-        assert torch.equal(net.predict(x).task_scores, net.predict(x, router="discriminant").task_scores)
+    with torch.no_grad():  # the default is the data-free Gaussian router
+        assert torch.equal(net.predict(x).task_scores, net.predict(x, router="gaussian").task_scores)
     net.fit_router([train_set for train_set, _ in tasks], batch_size=32)
     assert routing_accuracy(net, tasks, "learned") >= 0.98
 
@@ -224,6 +316,27 @@ def test_unknown_router_and_missing_tasks_are_clear_errors(trained):
         net.predict(tasks[0][1].tensors[0], router="psychic")
     with pytest.raises(eidetic.TaskError, match="at least one finished task"):
         MLP(SPEC).predict(torch.randn(2, 8))
+
+
+def test_a_task_failing_after_its_statistics_were_recorded_takes_them_back(monkeypatch):
+    """The failure comes from the learned router's refit, after freeze() recorded the task for
+    every router: the transaction forgets the records with the task."""
+    import eidetic.inference.predict
+
+    net, data = wide_net()
+    routers = net._eidetic.routers
+    before = (routers.gaussian.tasks, routers.discriminant.tasks, len(routers.stats.tasks), len(routers.memory))
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("refit failed")
+
+    monkeypatch.setattr(eidetic.inference.predict, "fit_router", fail)
+    with pytest.raises(RuntimeError, match="refit failed"):
+        net.train_task(2, data[0][0], batch_size=16, num_classes=2, epochs=1, progress=False,
+                       optimizer=lambda p: torch.optim.Adam(p, lr=0.02), pruning=None)
+    routers = net._eidetic.routers
+    assert (routers.gaussian.tasks, routers.discriminant.tasks, len(routers.stats.tasks), len(routers.memory)) \
+        == before == (2, 2, 2, 2)
 
 
 def test_a_float64_network_fits_and_uses_every_router():
@@ -243,7 +356,7 @@ def test_a_float64_network_fits_and_uses_every_router():
     x = torch.randn(7, 6, dtype=torch.float64)
     net.eval()
     with torch.no_grad():
-        for router in ("learned", "discriminant", "statistics", "energy"):
+        for router in ("learned", "gaussian", "discriminant", "statistics", "energy"):
             assert net.predict(x, router=router).task_scores.dtype == torch.float64
         fresh = zoo.build_model("mlp", (6,), width=8).double()
         fresh.load_state_dict(net.state_dict())
@@ -251,15 +364,15 @@ def test_a_float64_network_fits_and_uses_every_router():
 
 
 def test_split_digits_with_the_run_defaults_routes_nearly_as_well_as_the_oracle(tmp_path):
-    """docs/routing.md's figures on real offline data: ``eidetic run``'s defaults (Split digits,
-    seed 0) route at least 95% of the test images to their task, and the routed accuracy is within
-    4 points of the accuracy with the task id given. Measured 0.973 and 2.5 points on one machine,
-    0.966 and 3.4 points on another (the CPU kernels' rounding changes which units pruning keeps);
-    the bounds leave room for that, and the goal of 2 points is missed (docs/routing.md)."""
+    """The goal figures on real offline data: ``eidetic run``'s defaults (Split digits, seed 0, the
+    default router: the data-free Gaussian one) route at least 97% of the test images to their
+    task and the routed accuracy is within 2 points of the accuracy with the task id given
+    (measured: 0.9912 routing, 0.9889 routed against 0.9977). The router is fitted from the
+    inputs' statistics alone, so training's rounding does not move it."""
     pytest.importorskip("sklearn")
     from eidetic import cli
 
     assert cli.main(["run", "--no-plots", "--no-progress", "--out", str(tmp_path / "run")]) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())["results"]
-    assert results["routing_accuracy"] >= 0.95
-    assert results["routed_accuracy"] >= results["average_accuracy"] - 0.04
+    assert results["routing_accuracy"] >= 0.97
+    assert results["routed_accuracy"] >= results["average_accuracy"] - 0.02

@@ -45,6 +45,12 @@ class InputMoments:
         self.sum.index_add_(0, labels, x)
         self.second += x.T @ x if self.second.dim() == 2 else (x**2).sum(dim=0)
 
+    def take(self, scatter) -> None:
+        """Take the sums from per-class ones (a :class:`~eidetic.inference.gaussian.ClassScatter`
+        over the same inputs) instead of accumulating them again."""
+        self.count, self.sum = scatter.count.clone(), scatter.sum.clone()
+        self.second = scatter.second.sum(dim=0) if self.second.dim() == 2 else scatter.second.diagonal(0, 1, 2).sum(0)
+
 
 class DiscriminantRouter:
     """Route by linear discriminant analysis on the inputs (nothing kept but statistics).
@@ -102,9 +108,9 @@ class DiscriminantRouter:
         shared by every task)."""
         weight, bias, task_of_class, log_classes = self._discriminants(len(logits), inputs.device)
         per_class = inputs.flatten(1).double() @ weight.T + bias
-        best = torch.full((len(inputs), len(log_classes)), -math.inf, dtype=torch.float64, device=inputs.device)
-        best = best.scatter_reduce(1, task_of_class.expand(len(inputs), -1), per_class, "amax")
-        shifted = (per_class - best.gather(1, task_of_class.expand(len(inputs), -1))).exp()
+        best = torch.full((inputs.shape[0], len(log_classes)), -math.inf, dtype=torch.float64, device=inputs.device)
+        best = best.scatter_reduce(1, task_of_class.expand(inputs.shape[0], -1), per_class, "amax")
+        shifted = (per_class - best.gather(1, task_of_class.expand(inputs.shape[0], -1))).exp()
         total = torch.zeros_like(best).index_add(1, task_of_class, shifted)
         return (best + total.log() - log_classes).to(features.dtype)
 

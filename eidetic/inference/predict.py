@@ -112,21 +112,24 @@ def _router_data(net: ContinualNetwork, data: Sequence[Data] | None, batch_size:
 
 
 def remember(net: ContinualNetwork, task: int, loader: DataLoader, memory: int) -> None:
-    """One pass over the frozen task's data: class moments of its features and of its inputs,
-    and ``memory`` exemplars."""
+    """One pass over the frozen task's data: class moments of its features and of its inputs
+    (pooled, and per class for the Gaussian router), and ``memory`` exemplars."""
     state = net._eidetic
     frozen = head_columns(state.graph, state.ownership.masks("frozen"))
     num_classes = net.heads.classes[task]
     moments = ClassMoments(num_classes, state.graph.feature_dim, net._device())
     inputs = state.routers.discriminant.moments(num_classes, math.prod(state.input_shape), net._device())
+    scatter = state.routers.gaussian.moments(num_classes, math.prod(state.input_shape), net._device())
     reservoir = Reservoir(memory)
     was_training = net.training
     net.eval()
     with torch.no_grad():
         for x, y in batches(loader, net._device(), "train_data"):
             moments.add(net(x).flatten(1), y)
-            inputs.add(x, y)
+            (inputs if scatter is None else scatter).add(x, y)
             reservoir.add(x)
     net.train(was_training)
+    if scatter is not None:  # the per-class sums hold the pooled ones: one product per sample, not two
+        inputs.take(scatter)
     exemplars = reservoir.sample() if memory else torch.empty(0, *state.input_shape, dtype=state.input_dtype)
-    state.routers.record(moments, frozen, inputs, exemplars)
+    state.routers.record(moments, frozen, inputs, scatter, exemplars)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .discriminant import DiscriminantRouter, InputMoments, class_indices
+from .gaussian import ClassScatter, GaussianRouter
 from .memory import ExemplarMemory
 
 
@@ -289,56 +290,65 @@ class Routers:
         self.memory = ExemplarMemory()
         self.stats = FeatureStatsRouter()
         self.discriminant = DiscriminantRouter()
+        self.gaussian = GaussianRouter()
         self.learned = LearnedRouter()
 
     def choose(self, router, tasks: int):
-        """The router object for ``router`` (``None``: the learned router if it is fitted for
-        every task, else the discriminant router, else the statistics router, if it covers every
-        task, else confidence)."""
+        """The router object for ``router`` (``None``: the first of the Gaussian, learned and
+        discriminant routers that covers every task, else the statistics router if it does,
+        else confidence)."""
         if router is None:
-            for default in (self.learned, self.discriminant):
+            for default in (self.gaussian, self.learned, self.discriminant):
                 if _covered(default) >= tasks:
                     return default
             return self.stats if len(self.stats.tasks) >= tasks else ConfidenceRouter()
         if not isinstance(router, str):
             return router
-        named = {"learned": self.learned, "discriminant": self.discriminant, "statistics": self.stats}
+        named = {"learned": self.learned, "gaussian": self.gaussian, "discriminant": self.discriminant,
+                 "statistics": self.stats}
         if router in named:
             chosen = named[router]
         elif router in ConfidenceRouter.MEASURES or router == "confidence":
             return ConfidenceRouter("max_softmax" if router == "confidence" else router)
         else:
-            raise ValueError(f"unknown router {router!r}: use 'learned', 'discriminant', 'statistics', "
+            raise ValueError(f"unknown router {router!r}: use 'learned', 'gaussian', 'discriminant', 'statistics', "
                              f"'confidence', one of {ConfidenceRouter.MEASURES}, or an object with a scores() method")
         if chosen is not self.learned and _covered(chosen) < tasks:
             raise RuntimeError(f"the {router} router covers {_covered(chosen)} of {tasks} tasks; tasks frozen by "
                                "hand need freeze(task, data=...) to record them")
         return chosen
 
-    def record(self, moments: ClassMoments, mask: torch.Tensor, inputs: InputMoments, exemplars: torch.Tensor) -> None:
+    def record(self, moments: ClassMoments, mask: torch.Tensor, inputs: InputMoments, scatter: ClassScatter | None,
+               exemplars: torch.Tensor) -> None:
+        """Record a frozen task; the Gaussian router only while it has every earlier task."""
+        if scatter is not None and self.gaussian.tasks == len(self.stats.tasks):
+            self.gaussian.record(scatter)
         self.stats.record(moments, mask)
         self.discriminant.record(inputs)
         self.memory.add(exemplars)
 
     def checkpoint(self) -> tuple:
-        return (len(self.stats.tasks), self.discriminant.checkpoint(), len(self.memory), self.learned.state())
+        return (len(self.stats.tasks), self.discriminant.checkpoint(), self.gaussian.tasks, len(self.memory),
+                self.learned.state())
 
     def rollback(self, checkpoint: tuple) -> None:
-        stats, discriminant, memory, learned = checkpoint
+        stats, discriminant, gaussian, memory, learned = checkpoint
         self.stats.truncate(stats)
         self.discriminant.rollback(discriminant)
+        self.gaussian.truncate(gaussian)
         self.memory.truncate(memory)
         self.learned.load(learned)
 
     def state(self) -> dict:
         return {"memory": self.memory.state(), "stats": self.stats.state(), "learned": self.learned.state(),
-                "discriminant": self.discriminant.state()}
+                "discriminant": self.discriminant.state(), "gaussian": self.gaussian.state()}
 
     def load(self, state: dict) -> None:
         self.memory = ExemplarMemory.from_state(state["memory"])
         self.stats = FeatureStatsRouter.from_state(state["stats"])
         self.learned.load(state["learned"])
         self.discriminant.load(state.get("discriminant"))
+        self.gaussian.load(state.get("gaussian"))
 
     def widen(self, positions: torch.Tensor, size: int) -> None:
         """The features grew: the statistics follow them; the learned router, trained with the
@@ -350,13 +360,14 @@ class Routers:
         self.stats.apply(fn)
         self.learned.apply(fn)
         self.discriminant.to(fn(torch.zeros(0)).device)
+        self.gaussian.to(fn(torch.zeros(0)).device)
 
 
 def _covered(router) -> int:
     """Tasks a router of the network can score."""
     if isinstance(router, LearnedRouter):
         return router.fitted_tasks
-    return router.tasks if isinstance(router, DiscriminantRouter) else len(router.tasks)
+    return router.tasks if isinstance(router, (DiscriminantRouter, GaussianRouter)) else len(router.tasks)
 
 
 def _spread(tensor: torch.Tensor, positions: torch.Tensor, size: int, fill) -> torch.Tensor:
