@@ -122,6 +122,19 @@ def test_exported_router_answers_as_predict(router):
         assert torch.equal(task, torch.tensor([0, 2])[scores.argmax(dim=1)])
 
 
+@pytest.mark.parametrize("router", ["gaussian", "discriminant"])
+def test_exporting_before_any_predict_leaves_the_router_usable(router):
+    """The routers cache constants on first use; the first use being the export's trace, the
+    cache must not keep the tracer's fake tensors (predict then returned fake tensors)."""
+    torch.manual_seed(5)
+    net = _trained(MLP({"in": 6, "widths": [8, 8], "bn": True, "act": "relu"}), (6,), 2, None, seed=5)
+    x = torch.randn(11, 6)
+    with torch.no_grad():
+        task, _ = net.export(router=router)(x)
+        predicted = net.predict(x, router=router)
+        assert type(predicted.task) is torch.Tensor and torch.equal(predicted.task, task)
+
+
 def test_exported_cpg_task_uses_its_own_picked_weights():
     """A masked task's exported logits are those of its own pass, not of the shared one."""
     torch.manual_seed(2)

@@ -28,6 +28,12 @@ def class_indices(labels: torch.Tensor, classes: int, rows: int) -> torch.Tensor
     return labels
 
 
+def tracing() -> bool:
+    """Whether torch.compile or torch.export is tracing the call (a router's cache filled then
+    would hold the tracer's fake tensors)."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 class InputMoments:
     """Streaming per-class sums of flattened inputs and their second moment (float64)."""
 
@@ -133,6 +139,8 @@ class DiscriminantRouter:
             task_of_class = torch.cat([torch.full((len(m),), k) for k, m in enumerate(self.means[:tasks])]).to(device)
             log_classes = torch.tensor([math.log(len(m)) for m in self.means[:tasks]], dtype=torch.float64,
                                        device=device)
+            if tracing():
+                return weight, bias, task_of_class, log_classes
             self._cache = (key, (weight, bias, task_of_class, log_classes))
         return self._cache[1]
 

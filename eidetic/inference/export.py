@@ -263,6 +263,8 @@ def _check_views(net: ContinualNetwork, deployment: Deployment, example: torch.T
 def _traced(deployment: Deployment, example: torch.Tensor) -> nn.Module:
     """``deployment`` traced by ``torch.export`` with a dynamic batch size."""
     batch = torch.export.Dim("batch")
+    with torch.no_grad():  # one eager call first: the routers build their cached constants from real tensors
+        deployment(example)
     try:
         with warnings.catch_warnings():  # recurrent modules re-list their weights while traced: harmless
             warnings.filterwarnings("ignore", message="The tensor attributes .*_flat_weights")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .discriminant import class_indices
+from .discriminant import class_indices, tracing
 
 _OVERSAMPLE, _ITERATIONS = 8, 6  # the leading directions' subspace iteration
 
@@ -196,8 +196,9 @@ class GaussianRouter:
             torch.tensor([float(len(t["means"])) for t in parts], dtype=torch.float64, device=device))
         constants = tuple(c if c.dtype == torch.long else c.to(dtype) for c in constants)
         weight = _Matrix(matrix.to(dtype), centre.to(dtype))
-        self._cache = (key, (weight, constants))
-        return self._cache[1]
+        if not tracing():  # a cache filled while tracing would hold the tracer's fake tensors
+            self._cache = (key, (weight, constants))
+        return weight, constants
 
     def truncate(self, tasks: int) -> None:
         """Forget the tasks recorded after the first ``tasks``."""
