@@ -46,16 +46,14 @@ def narrow_maps(narrow: UnitGraph, wide: UnitGraph, to_wide: dict[str, torch.Ten
     Args:
         narrow, wide: the unit tables of the narrow and the wide network.
         to_wide, to_narrow: per group, where the units before either widening went in the wide
-            and in the narrow table (groups absent: they did not move).
+            and in the narrow table (``to_narrow`` empty: the narrow table is the one before).
         kept: per group, a mask over the wide units: the new units to keep. The narrow table's
             new units take them in order.
     """
     maps = {}
     for group in narrow:
         size = wide[group.key].size
-        before = to_wide.get(group.key)
-        if before is None:
-            before = torch.arange(group.size - int(kept.get(group.key, torch.zeros(0, dtype=torch.bool)).sum()))
+        before = to_wide[group.key]
         narrow_old = to_narrow.get(group.key, torch.arange(len(before)))
         mapping = torch.full((group.size,), -1, dtype=torch.long)
         mapping[narrow_old] = before

@@ -50,19 +50,24 @@ class Growing:
     def request(self, graph, layers, initial: dict[str, int]) -> dict[str, int]:
         """``{group: units to add}`` for one growth step; raises if a named group cannot grow.
         Without named groups, the groups that cannot be widened are left out."""
-        if self.groups is not None:
-            units = {key: self._units(initial.get(key, 1)) for key in self.groups}
-            check_request(graph, units)
-            check_widenable(layers, graph, units)
-            return units
-        units = {}
-        for key in [group.key for group in graph]:
-            try:
-                check_widenable(layers, graph, {key: 1})
-            except UnsupportedLayerError:
-                continue
-            units[key] = self._units(initial.get(key, 1))
-        return units
+        return {key: self._units(initial.get(key, 1)) for key in widenable_groups(graph, layers, self.groups)}
 
     def _units(self, size: int) -> int:
         return self.step if isinstance(self.step, int) else max(1, math.ceil(self.step * size))
+
+
+def widenable_groups(graph, layers, groups: tuple[str, ...] | None) -> list[str]:
+    """The groups a growth step widens: ``groups``, checked (raises if one cannot be widened),
+    or, for ``None``, every group that can be widened."""
+    if groups is not None:
+        check_request(graph, dict.fromkeys(groups, 1))
+        check_widenable(layers, graph, dict.fromkeys(groups, 1))
+        return list(groups)
+    keys = []
+    for group in graph:
+        try:
+            check_widenable(layers, graph, {group.key: 1})
+        except UnsupportedLayerError:
+            continue
+        keys.append(group.key)
+    return keys

@@ -27,9 +27,9 @@ import torch
 from ..errors import TaskError, UnsupportedLayerError
 from ..graph.layers import grown
 from ..guarantee.slices import in_mask, out_mask
-from ..guarantee.widening import check_request, check_widenable
 from ..training import distributed
 from ..training.session import Callback
+from .growing import widenable_groups
 
 
 @dataclass(frozen=True)
@@ -84,24 +84,13 @@ class SparseGrowth:
 
     def growable(self, graph, layers) -> list[str]:
         """The groups a growth step widens; raises if a named group cannot grow."""
-        if self.groups is not None:
-            check_request(graph, dict.fromkeys(self.groups, 1))
-            check_widenable(layers, graph, dict.fromkeys(self.groups, 1))
-            split = [key for key in self.groups if len(graph[key].blocks(layers)) > 1]
-            if split:
-                raise UnsupportedLayerError(f"SparseGrowth(groups=...): group(s) {split} are split in blocks (a "
-                                            "stacked or bidirectional recurrent layer), whose candidates could not be "
-                                            "given back one by one; grow the other groups")
-            return list(self.groups)
-        keys = []
-        for group in graph:
-            try:
-                check_widenable(layers, graph, {group.key: 1})
-            except UnsupportedLayerError:
-                continue
-            if len(group.blocks(layers)) == 1:
-                keys.append(group.key)
-        return keys
+        keys = widenable_groups(graph, layers, self.groups)
+        split = [key for key in keys if len(graph[key].blocks(layers)) > 1]
+        if split and self.groups is not None:
+            raise UnsupportedLayerError(f"SparseGrowth(groups=...): group(s) {split} are split in blocks (a stacked "
+                                        "or bidirectional recurrent layer), whose candidates could not be given back "
+                                        "one by one; grow the other groups")
+        return [key for key in keys if key not in split]
 
     def request(self, graph, layers, initial: dict[str, int]) -> dict[str, int]:
         """``{group: candidate units}`` of the next growth step, within ``max_width``."""
@@ -259,7 +248,7 @@ class SparseMasks:
                             lambda s=scores, u=units, su=slot.units, d=dim, i=index, o=owner, t=tensor:
                             self._gate(s, u, su, d, i, o, t))
         for key, parts in factors.items():
-            net._set_mask(key, lambda parts=parts: _product([part() for part in parts]))
+            net._set_mask(key, lambda parts=parts: math.prod(part() for part in parts))
         params = [k.scores for k in self.kernels.values()] + [s for s, _ in self.gates.values()]
         self.optimizer = torch.optim.Adam(params, lr=self.growth.mask_lr) if params else None
 
@@ -329,13 +318,6 @@ class SparseMasks:
                 counts[0] += int((kernel.selective & (kernel.scores > 0)).sum())
                 counts[1] += int(kernel.selective.sum())
         return {layer: k / total for layer, (k, total) in kept.items()}
-
-
-def _product(factors: list[torch.Tensor]) -> torch.Tensor:
-    out = factors[0]
-    for factor in factors[1:]:
-        out = out * factor
-    return out
 
 
 class _StepMasks(Callback):
