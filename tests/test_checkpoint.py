@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import eidetic
 from eidetic.testing import all_logits, optimizers, runs
 
+from fixtures import old_checkpoints
 from models import CNN, MLP, ResNet, input_shape
 from strategies import cnn_specs, mlp_specs, resnet_specs
 
@@ -97,3 +99,32 @@ def test_a_deep_copy_trains_on_without_touching_the_original():
     clone.train_task(1, data, batch_size=8, num_classes=2, optimizer=make, epochs=2, progress=False)
     assert torch.equal(all_logits(clone, x)[0], before[0])
     assert net.num_tasks == 1 and torch.equal(all_logits(net, x)[0], before[0])
+
+
+OLD = Path(__file__).parent / "fixtures" / "checkpoints-0.1.0.pt"
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("name", sorted(torch.load(OLD, weights_only=False)["networks"]))
+def test_a_checkpoint_written_by_an_earlier_version_loads_bitwise(name):
+    """Written by tests/fixtures/old_checkpoints.py at the commit the file records (before the
+    network was split into a facade): widened, masked, grown, single-head and recurrent nets."""
+    saved = torch.load(OLD, weights_only=False)["networks"][name]
+    net = old_checkpoints.build(name)
+    net.load_state_dict(saved["state_dict"])
+    assert _same(net.state_dict(), saved["state_dict"])
+    net.eval()
+    with torch.no_grad():
+        for task, logits in enumerate(saved["logits"]):
+            assert torch.equal(net.logits(saved["inputs"], task), logits)
+        routed = net.predict(saved["inputs"])
+    assert torch.equal(routed.task, saved["predict"][0]) and torch.equal(routed.label, saved["predict"][1])
