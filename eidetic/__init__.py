@@ -13,7 +13,6 @@ from .errors import (
     UnsupportedLayerError,
 )
 from .evaluation.capacity import Capacity, LayerCapacity
-from .evaluation.report import EpochStats, PruneStep, TaskReport
 from .evaluation.runs import Evaluation, Results, Task, TaskEvaluation, evaluate, run_tasks
 from .graph import LayerSpec, UnitGraph, register_layer
 from .guarantee.ownership import FREE
@@ -27,6 +26,7 @@ from .mixins.picking import Picking
 from .mixins.sparse import SparseGrowth
 from .network import ContinualNetwork, Wrapped
 from .training.pruning import GracefulPruning, Pruning
+from .training.report import EpochStats, PruneStep, TaskReport
 from .training.scoring import ScoringContext, register_importance
 from .training.session import Callback
 

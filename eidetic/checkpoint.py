@@ -5,19 +5,17 @@ frozen values once a state dict is loaded."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from .errors import CheckpointError
-
-if TYPE_CHECKING:
-    from .network import ContinualNetwork
+from .guarantee import widening
+from .guarantee.lifecycle import make_guard
+from .state import Network, device, forget, reference_tensor, synthetic_example
 
 FORMAT = 1
 
 
-def extra_state(net: ContinualNetwork) -> dict:
+def extra_state(net: Network) -> dict:
     """The network's continual state, saved by ``state_dict()`` next to its tensors."""
     state = net._eidetic
     if state.graph is None:
@@ -39,7 +37,7 @@ def extra_state(net: ContinualNetwork) -> dict:
     }
 
 
-def load_extra_state(net: ContinualNetwork, extra: dict) -> None:
+def load_extra_state(net: Network, extra: dict) -> None:
     """Rebuild the network's continual state from :func:`extra_state`'s dict: set it up (or widen
     it) to the checkpoint's architecture and re-create its heads, before the tensors load."""
     if not isinstance(extra, dict) or extra.get("format") != FORMAT:
@@ -54,15 +52,15 @@ def load_extra_state(net: ContinualNetwork, extra: dict) -> None:
     dtype = getattr(torch, extra["input_dtype"])
     created = state.graph is None
     if created:
-        net.setup(synthetic_example(shape, dtype, net._device()))
+        net.setup(synthetic_example(shape, dtype, device(net)))
     sizes = {g.key: g.size for g in state.graph}
     wider = {k: extra["groups"][k] - n for k, n in sizes.items()} if sizes.keys() == extra["groups"].keys() else {}
     if shape == state.input_shape and wider and min(wider.values()) >= 0 and max(wider.values()) > 0:
-        net._widen(wider)  # the checkpoint was saved after widen(): grow to its width first
+        widening.widen(net, wider)  # the checkpoint was saved after widen(): grow to its width first
         sizes = {g.key: g.size for g in state.graph}
     if shape != state.input_shape or sizes != extra["groups"]:
         if created:
-            net._forget_graph()
+            forget(net)
         raise CheckpointError(f"the checkpoint (inputs {shape}, unit groups {extra['groups']}) does not match "
                               f"this network (inputs {state.input_shape}, unit groups {sizes}): it was saved "
                               "from a different architecture")
@@ -74,9 +72,9 @@ def load_extra_state(net: ContinualNetwork, extra: dict) -> None:
     inputs = extra.get("head_inputs", {})
     for task, num_classes in enumerate(extra["num_classes"]):
         width = net.heads.width(task, state.graph.feature_dim, inputs)
-        net.heads.add(width, num_classes, like=net._reference_tensor())
+        net.heads.add(width, num_classes, like=reference_tensor(net))
     for task, positions in inputs.items():
-        net.heads.register_buffer(f"inputs_{task}", positions.to(net._device()), persistent=False)
+        net.heads.register_buffer(f"inputs_{task}", positions.to(device(net)), persistent=False)
     state.eras.load(extra.get("eras", {}))
     state.masks.load(extra.get("masks", {}))
     state.frozen_tasks = extra["frozen_tasks"]
@@ -86,18 +84,11 @@ def load_extra_state(net: ContinualNetwork, extra: dict) -> None:
         state.ownership.owner[key].copy_(extra["owners"][key])
         state.ownership.pruned[key].copy_(extra["pruned"][key])
     state.routers.load(extra["routers"])
-    state.routers.apply(lambda t: t.to(net._device()))
+    state.routers.apply(lambda t: t.to(device(net)))
 
 
-def after_load(module: ContinualNetwork, incompatible) -> None:
+def after_load(module: Network, incompatible) -> None:
     """``load_state_dict`` post hook: capture the loaded frozen values in a fresh guard."""
     if module._eidetic.graph is not None:
-        module._make_guard()
+        make_guard(module)
 
-
-def synthetic_example(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A deterministic batch of two inputs of per-sample ``shape`` and ``dtype``, to set up or probe with."""
-    if dtype.is_floating_point:
-        gen = torch.Generator().manual_seed(0)
-        return torch.randn((2, *shape), generator=gen, dtype=dtype).to(device)
-    return torch.zeros((2, *shape), dtype=dtype, device=device)

@@ -259,7 +259,7 @@ def load_mnist(root: str | Path, *, holdout: int = MNIST_TEST_HOLDOUT, split_see
 
     Example::
 
-        data = load_mnist("/work/shared/data/mnist")   # only t10k files: 8,000 train, 2,000 test
+        data = load_mnist("data/mnist")   # only t10k files: 8,000 train, 2,000 test
         data.x_train.shape                             # torch.Size([8000, 1, 28, 28])
     """
     files = find_mnist(root)
@@ -444,7 +444,7 @@ def load_benchmark(name: str, *, tasks: int | None = None, seed: int = 0, data_d
 
     Example::
 
-        bench = load_benchmark("permuted-mnist", tasks=10, data_dir="/work/shared/data/mnist")
+        bench = load_benchmark("permuted-mnist", tasks=10, data_dir="data/mnist")
     """
     _check_name(name)
     tasks = default_tasks(name) if tasks is None else tasks

@@ -1,6 +1,5 @@
-"""Measuring a continual learner: reports, the accuracy matrix, capacity and plots.
+"""Measuring a continual learner: the accuracy matrix, capacity and plots.
 
-* ``report``: what ``train_task`` returns (epochs, pruning steps, units, timings).
 * ``runs``: :func:`evaluate` and :func:`run_tasks`, the accuracy matrix and its summaries.
 * ``capacity``: free, owned and reused units per layer and task.
 * ``plots``: accuracy matrices and capacity pictures (matplotlib, optional).

@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..errors import TaskError
+from ..state import device
 from ..training.data import as_loader, batches
-from .report import TaskReport
+from ..training.report import TaskReport
 
 
 @dataclass
@@ -86,7 +87,7 @@ def evaluate(net, test_data: Sequence, *, batch_size: int | None = None, router=
         loader = as_loader(test_data[k], batch_size, shuffle=False, name=f"test_data[{k}]")
         samples, oracle, routed, routing = 0, 0, 0, 0
         own_pass = router is None or net._eidetic.masks.has(k)  # a masked task's logits need its own pass
-        for x, y in batches(loader, net._device(), f"test_data[{k}]"):
+        for x, y in batches(loader, device(net), f"test_data[{k}]"):
             p = None if router is None else net.predict(x, router=None if router == "auto" else router)
             logits = net.logits(x, k) if own_pass else p.logits[k]
             oracle += int((logits.argmax(dim=1) == y).sum())

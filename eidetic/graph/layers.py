@@ -175,7 +175,7 @@ class LayerSpec:
         (a recurrence); the probe cannot see them, so the layer declares them."""
         return []
 
-    # Widening (see ``eidetic/guarantee/widening.py``).
+    # Widening (see ``eidetic/guarantee/resizing.py``).
 
     def widened_positions(self, module: nn.Module, added: int) -> torch.Tensor:
         """Where the existing units sit once ``added`` units are appended: new units take the

@@ -124,7 +124,7 @@ class RecurrentSpec(LayerSpec):
     def scored(self, tensor_name: str) -> bool:
         return tensor_name.startswith("weight_")
 
-    # -- widening (see ``eidetic/guarantee/widening.py`` and ``eras.py``) -------------------
+    # -- widening (see ``eidetic/guarantee/resizing.py`` and ``eras.py``) -------------------
 
     def widened_positions(self, module: nn.Module, added: int) -> torch.Tensor:
         """Every layer and direction gets ``added / (layers * directions)`` hidden units, after

@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from ..graph import Layers, UnitGraph
-from ..inference.heads import HeadSlice
 from .ownership import Ownership
 from .slices import head_columns, in_mask, out_positions
+
+HeadSlice = tuple[str, str, torch.Tensor, int, torch.Tensor]  # a head's frozen slice: module, tensor, value, dim, index
 
 
 @dataclass

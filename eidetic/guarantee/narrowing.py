@@ -5,7 +5,7 @@ keeps only the candidates whose gate stayed open. Keeping them is done with the 
 widening, so that nothing new has to be trusted: the candidate widening is undone, the network
 is widened again by exactly the number of kept candidates, and every tensor of the narrow
 network is then filled from the wide one along the units it keeps (:func:`narrow_maps`, then
-:func:`~eidetic.guarantee.widening.position_map` and the layers' own layouts). The narrow
+:func:`~eidetic.guarantee.resizing.position_map` and the layers' own layouts). The narrow
 network holds, entry for entry, the wide network's values on the units it kept: a finished task
 reads none of the dropped units (their columns in its rows are zero), and the open task read
 them through a gate of exactly 0.

@@ -1,288 +1,225 @@
-"""Widening a trained network: more free units in chosen unit groups, old outputs unchanged.
+"""Widening a network: more free units in chosen unit groups, every finished task bitwise.
 
-Widening group ``g`` by ``n`` appends ``n`` units to every layer that produces ``g`` (weight rows,
-biases, BatchNorm affine and statistics, the gate rows of a recurrent layer, every producer of
-a residual stream) and input columns for them to every layer that reads ``g`` (after a flatten,
-one unit owns many columns; a concatenation puts them wherever the forward pass puts them). The
-new entries are zero, so every existing row computes what it computed before; the new units
-get their layer's fresh initialisation and are free.
+This module drives the parts, on a whole network: :mod:`.resizing` grows the layers and maps the
+old units to their new positions, :mod:`.eras` keeps the old shapes that frozen units were
+computed at, :mod:`.narrowing` gives back units a task could not use, and the heads, masks and
+routers follow the new feature positions. Each widening is checked on the finished tasks'
+outputs before it is kept (any change, in any bit, undoes it), and inside a task it joins the
+task's transaction: a :class:`Widening` record puts everything back.
 
-Where the new units land in each reader's input is not worked out by hand: the layers are
-resized to the new shapes, the unit table is measured again by the probe, and each old unit is
-followed from its old positions to its new ones (:func:`unit_maps`, :func:`input_map`). The
-weights are then laid out along those maps. Anything that cannot be laid out so (a layer that
-produces units of two groups, a grouped convolution reading the group, a layer whose spec
-cannot resize it) is refused before a tensor changes.
+* :func:`widen`: widen, between tasks or inside the open one;
+* :func:`undo`: undo the open task's last widening;
+* :func:`keep_new_units`: keep some of the units the open task's last widening added.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+from collections.abc import Callable
 
 import torch
-from torch import nn
 
-from ..errors import GraphError, TaskError, UnsupportedLayerError
-from ..graph import FEATURES, Layers, LayerSpec, UnitGraph
-from .ownership import Ownership
+from ..errors import GraphError, TaskError
+from ..graph import FEATURES, discover
+from ..state import Network, example, features, require_graph
+from . import phases
+from .eras import Era, paused
+from .layout import LayoutSensitiveCalls, moved_calls
+from .lifecycle import make_guard, row_owner
+from .narrowing import narrow_maps, new_units, shrunk
+from .resizing import Resized, SavedModule, check_request, position_map, resize_body, touched
+from .slices import out_mask
+
+_SENSITIVE = (
+    "widening {added} would reshape the input of {calls} in the forward pass, whose CPU kernel rounds an element "
+    "differently depending on where it sits in the tensor, so a finished task's outputs could change in their last "
+    "bits on some batches; nothing was changed. Use a ReLU-family, tanh or hardswish activation after the layers you "
+    "widen, or do not widen that group.")
+_MOVED = (
+    "widening {added} would change the outputs of task(s) {moved} in their last bits, so nothing was changed. The "
+    "usual cause is an element-wise function whose CPU kernel rounds an element differently depending on where it "
+    "sits in the tensor (sigmoid, SiLU, ELU: their vectorised and scalar paths differ), applied to a widened layer's "
+    "output. Use a ReLU-family, tanh or GELU activation there, or do not widen that group.")
 
 
-@dataclass
-class SavedModule:
-    """A module's own tensors and size attributes, to put back on rollback."""
+class Widening:
+    """What a widening changes, to put back if it (or the task around it) fails."""
 
-    module: nn.Module
-    parameters: dict[str, nn.Parameter | None]
-    buffers: dict[str, torch.Tensor | None]
-    attributes: dict[str, object]
-
-    @classmethod
-    def of(cls, module: nn.Module) -> SavedModule:
-        sizes = {k: v for k, v in vars(module).items() if isinstance(v, int) and not isinstance(v, bool)}
-        return cls(module, dict(module._parameters), dict(module._buffers), sizes)
+    def __init__(self, net: Network) -> None:
+        state = net._eidetic
+        self.net = net
+        self.graph, self.layers, self.ownership = state.graph, state.layers, state.ownership
+        self.eras = state.eras.copy()
+        self.masks = state.masks.checkpoint()
+        self.routers = state.routers.state()
+        heads = [net.heads, *net.heads]
+        self.modules = [SavedModule.of(m) for m, _ in state.layers.values()] + [SavedModule.of(h) for h in heads]
+        self.unit_maps: dict[str, torch.Tensor] = {}  # filled in by the widening: see Resized
+        self.layouts: dict[str, list] = {}
 
     def restore(self) -> None:
-        self.module._parameters.clear()
-        self.module._parameters.update(self.parameters)
-        self.module._buffers.clear()
-        self.module._buffers.update(self.buffers)
-        for name, value in self.attributes.items():
-            setattr(self.module, name, value)
-        if hasattr(self.module, "_init_flat_weights"):  # recurrent modules keep a list of their weights
-            self.module._init_flat_weights()
+        state = self.net._eidetic
+        for saved in self.modules:
+            saved.restore()
+        state.graph, state.layers, state.ownership = self.graph, self.layers, self.ownership
+        state.eras.records = self.eras
+        state.masks.rollback(self.masks)
+        state.routers.load(self.routers)
+        make_guard(self.net)
 
 
-@dataclass
-class Resized:
-    """The outcome of :func:`resize_body`."""
+def widen(net: Network, units: dict[str, int], *, recycle: bool = False) -> dict[str, int]:
+    """Widen the groups of ``units`` (``{group key: units to add}``); returns every group's size.
 
-    graph: UnitGraph
-    layers: Layers
-    ownership: Ownership
-    new_units: dict[str, torch.Tensor]  # per group: which units of the new table are new
-    features: torch.Tensor  # new position of each old feature
-    out_maps: dict[str, torch.Tensor]  # per resized layer: new position of each old unit position
-    in_maps: dict[str, torch.Tensor]  # per resized layer: new position of each old input position
-    layouts: dict[str, list[tuple[int, torch.Tensor, int]]]  # per "module.tensor": how its entries moved
-    saved: dict[str, SavedModule]  # the resized layers as they were
-    unit_maps: dict[str, torch.Tensor]  # per group: new unit number of every old unit
-
-
-def check_request(graph: UnitGraph, units) -> dict[str, int]:
-    """The non-zero entries of a ``{group key: units to add}`` request, checked."""
-    if not isinstance(units, dict):
-        raise TypeError(f"widen() takes a dict {{group key: units to add}}, got {type(units).__name__}")
-    keys = graph.keys()
-    unknown = [k for k in units if k not in set(keys)]
-    if unknown:
-        raise TaskError(f"widen(): no unit group {unknown}; the groups are {keys} (see net.graph.describe())")
-    for key, n in units.items():
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise TaskError(f"widen(): the units to add to '{key}' must be an int >= 0, got {n!r}")
-    return {k: n for k, n in units.items() if n}
-
-
-def _resizable(spec: LayerSpec) -> bool:
-    return type(spec).resize is not LayerSpec.resize or spec.size_attributes is not None
-
-
-def check_widenable(layers: Layers, graph: UnitGraph, added: dict[str, int]) -> None:
-    """Refuse, before anything changes, a request the layers cannot follow."""
-    for key, n in added.items():
-        group = graph[key]
-        module, spec = layers[key]  # the anchor: the new units are appended to its output
-        label = f"module '{key}' ({type(module).__name__})"
-        others = sorted({g.key for g, _ in graph.out_slots(key)} - {key})
-        if others:
-            raise UnsupportedLayerError(
-                f"cannot widen group '{key}': {label} also produces units of group(s) {others} (its output is "
-                "split), so there is no end of its output to append units at."
-            )
-        if all(layers[slot.module][1].passthrough for slot in group.outs):
-            raise UnsupportedLayerError(
-                f"cannot widen group '{key}': it is produced only by {label} and other layers that compute each unit "
-                "from the input channel of the same number (BatchNorm, depthwise convolution), and what they read "
-                "(the network's input) cannot grow."
-            )
+    Between tasks, or inside the open task, where the widening joins the task's transaction (a
+    failing task undoes it). With ``recycle=False`` only the new units are initialised, and
+    nothing the open task computes changes (the new units reach the old rows through zero
+    columns); with ``recycle=True`` every free unit is re-initialised."""
+    state = net._eidetic
+    added = check_request(require_graph(net), units)
+    if added:
+        record = Widening(net)
         try:
-            spec.widened_positions(module, n)
-        except ValueError as error:
-            raise UnsupportedLayerError(f"cannot widen group '{key}': {label}: {error}") from None
-        for slot in group.ins:
-            if slot.module == FEATURES:
-                continue
-            module, spec = layers[slot.module]
-            label = f"module '{slot.module}' ({type(module).__name__})"
-            if spec.groups != 1:
-                raise UnsupportedLayerError(
-                    f"cannot widen group '{key}': {label} is a grouped convolution ({spec.groups} groups) reading it, "
-                    "and new input channels would change which group reads which channel. Only ungrouped and "
-                    "depthwise convolutions can follow a widened group."
-                )
-            if new_positions(layers, group, slot, n) is None:
-                raise UnsupportedLayerError(
-                    f"cannot widen group '{key}': {label} reads its units through different numbers of inputs, so "
-                    "the number of inputs of a new unit is not known."
-                )
-    for name in touched(graph, added):
-        module, spec = layers[name]
-        if spec.groups != 1:
-            raise UnsupportedLayerError(
-                f"cannot widen: module '{name}' ({type(module).__name__}) is a grouped convolution ({spec.groups} "
-                "groups) producing or reading a widened group, and new channels would change which group reads "
-                "which channel. Only ungrouped and depthwise convolutions can be widened."
-            )
-        if not _resizable(spec):
-            raise UnsupportedLayerError(
-                f"cannot widen: module '{name}' ({type(module).__name__}) would have to grow, but its LayerSpec "
-                "cannot resize it. Register it with LayerSpec(..., size_attributes=(('out_features', 'out'), ...)) "
-                "naming the attributes that hold its sizes (size_attributes=() if none), or override "
-                "LayerSpec.resize."
-            )
+            _checked_resize(net, added, record, recycle)
+        except BaseException:
+            record.restore()
+            raise
+        current = {id(p) for p in net.parameters()}
+        for saved in record.modules:
+            for param in saved.parameters.values():
+                if param is not None and id(param) not in current:
+                    state.replaced[id(param)] = weakref.ref(param)
+        if state.undo is not None:
+            state.undo.append(record)
+    return {g.key: g.size for g in state.graph}
 
 
-def new_positions(layers: Layers, group, slot, added: int) -> int | None:
-    """How many positions of ``slot``'s module ``added`` new units of ``group`` take: each new
-    unit as many as the old units of its block (a recurrent group has one block per layer and
-    direction, the new units spread evenly over them); ``None`` if a block's units differ."""
-    blocks = group.blocks(layers)
-    per_unit = slot.units.bincount(minlength=group.size)
-    total = 0
-    for _, units in blocks:
-        counts = per_unit[units]
-        if not bool((counts == counts[0]).all()):
-            return None
-        total += int(counts[0]) * (added // len(blocks))
-    return total
+def _checked_resize(net: Network, added: dict[str, int], record: Widening, recycle: bool) -> None:
+    """Resize, then refuse (raising) if any finished task's outputs moved or could move."""
+    state = net._eidetic
+    with LayoutSensitiveCalls() as calls_before:
+        before = _finished_outputs(net)
+    resized = _resize(net, added)
+    record.unit_maps, record.layouts = resized.unit_maps, resized.layouts
+    if recycle:
+        phases.recycle(state.layers, state.graph, state.ownership)
+    make_guard(net)
+    with LayoutSensitiveCalls() as calls_after:
+        after = _finished_outputs(net)
+    sensitive = moved_calls(calls_before.seen, calls_after.seen)
+    if sensitive:
+        raise GraphError(_SENSITIVE.format(added=added, calls="; ".join(sensitive)))
+    moved = [k for k, (a, b) in enumerate(zip(before, after)) if not torch.equal(a, b)]
+    if moved:
+        raise GraphError(_MOVED.format(added=added, moved=moved))
 
 
-def touched(graph: UnitGraph, added: dict[str, int]) -> list[str]:
-    """The layers that produce or read a widened group, in module order."""
-    names = {slot.module for key in added for slot in (*graph[key].outs, *graph[key].ins)}
-    return [name for name in graph.layers if name in names]
+def _resize(net: Network, added: dict[str, int]) -> Resized:
+    """Resize the layers, record the eras of their frozen units, and move the state along."""
+    state = net._eidetic
+    graph, layers = state.graph, state.layers
+    names = [n for n in touched(graph, added) if layers[n][1].input_size(layers[n][0])]  # layers reading units
+    frozen = state.ownership.masks("frozen")
+    eras = {n: out_mask(graph, n, frozen, layers[n][1].unit_count(layers[n][0])) for n in names}
+    with paused():
+        resized = resize_body(layers, graph, state.ownership, added,
+                              lambda: discover(net, net.forward, example(net), exclude=[net.heads]))
+    for name in names:
+        _record_era(net, name, resized, eras[name])
+    state.graph, state.layers, state.ownership = resized.graph, resized.layers, resized.ownership
+    for name, layout in resized.layouts.items():
+        state.masks.widen(name, layout, lambda n: row_owner(net, n))
+    net.heads.widen(resized.features, resized.graph.feature_dim, state.frozen_tasks)
+    state.routers.widen(resized.features, resized.graph.feature_dim)
+    phases.reinitialize(state.layers, state.graph, resized.new_units)
+    return resized
 
 
-def _grown_sizes(layers: Layers, graph: UnitGraph, added: dict[str, int], name: str) -> tuple[torch.Tensor, int, int]:
-    """``(new positions of the old units, units, input positions)`` of layer ``name``."""
-    module, spec = layers[name]
-    n = sum(added.get(g.key, 0) for g, _ in graph.out_slots(name))
-    inputs = spec.input_size(module)
-    for group, slot in graph.in_slots(name):
-        if group.key in added:
-            inputs += new_positions(layers, group, slot, added[group.key])
-    return spec.widened_positions(module, n), spec.unit_count(module) + n, inputs
+def _record_era(net: Network, name: str, resized: Resized, frozen: torch.Tensor) -> None:
+    """Layer ``name``'s earlier eras follow its new layout, and a new era keeps the shape its
+    ``frozen`` units (or masked tasks that ended at this shape) were computed at."""
+    state = net._eidetic
+    covered = state.eras.covered(name)
+    if covered is not None:
+        frozen[covered] = False
+    for era in state.eras.records.get(name, []):
+        era.follow(resized.out_maps[name], resized.in_maps[name])
+    tasks = (state.eras.first_task(name), state.frozen_tasks)
+    if frozen.any() or any(state.masks.has(k) for k in range(*tasks)):
+        _, spec = state.layers[name]
+        sizes = {a: resized.saved[name].attributes[a] for a in spec.size_names()}
+        state.eras.add(name, Era(sizes, resized.out_maps[name], resized.in_maps[name], frozen.nonzero().flatten(),
+                                 tasks))
 
 
-def resize_body(layers: Layers, graph: UnitGraph, ownership: Ownership, added: dict[str, int],
-                rediscover) -> Resized:
-    """Grow the layers of ``added``'s groups and re-measure the table; on any failure the
-    layers are put back as they were.
-
-    Args:
-        rediscover: a function of no argument returning the table of the resized network.
-    """
-    check_widenable(layers, graph, added)
-    names = touched(graph, added)
-    saved = [SavedModule.of(layers[name][0]) for name in names]
-    sizes = {name: _grown_sizes(layers, graph, added, name) for name in names}
+def _finished_outputs(net: Network) -> list[torch.Tensor]:
+    """Every finished task's logits on the synthetic example, in evaluation mode."""
+    if not net._eidetic.frozen_tasks:
+        return []
+    training = net.training
+    net.eval()
     try:
-        for name in names:  # first the shapes only, so that the probe can run
-            out_map, units, inputs = sizes[name]
-            layers[name][1].resize(layers[name][0], out_map, units, None, inputs)
-        try:
-            new_graph = rediscover()
-        except Exception as error:
-            raise GraphError(f"after widening {added}, measuring the network failed ({type(error).__name__}: "
-                             f"{error}). Does forward() hard-code a width (a view or reshape to a fixed size)?") \
-                from error
-        maps = unit_maps(graph, new_graph, added, {key: sizes[key][0] for key in added})
-        for s in saved:  # now lay the old weights out along the measured maps
-            s.restore()
-        out_maps, in_maps, layouts = {}, {}, {}
-        for name in names:
-            module, spec = layers[name]
-            _, units, inputs = sizes[name]
-            out_maps[name] = position_map(graph, new_graph, name, maps, spec.unit_count(module), units, "outs")
-            in_maps[name] = position_map(graph, new_graph, name, maps, spec.input_size(module), inputs, "ins")
-            for tensor_name in spec.tensor_names():
-                layouts[f"{name}.{tensor_name}"] = spec.grown_layout(tensor_name, out_maps[name], units,
-                                                                     in_maps[name], inputs)
-            spec.resize(module, out_maps[name], units, in_maps[name], inputs)
-        features = position_map(graph, new_graph, FEATURES, maps, graph.feature_dim, new_graph.feature_dim, "ins")
-    except BaseException:
-        for s in saved:
-            s.restore()
-        raise
-    new_layers = {name: (layers[name][0], spec) for name, spec in new_graph.layers.items()}
-    new_units = {}
-    owners = Ownership(new_graph)
-    for group in graph:
-        new_units[group.key] = torch.ones(new_graph[group.key].size, dtype=torch.bool)
-        new_units[group.key][maps[group.key]] = False
-        owners.owner[group.key][maps[group.key]] = ownership.owner[group.key]
-        owners.pruned[group.key][maps[group.key]] = ownership.pruned[group.key]
-    return Resized(new_graph, new_layers, owners, new_units, features, out_maps, in_maps, layouts,
-                   dict(zip(names, saved)), maps)
+        with torch.no_grad():
+            x = example(net)
+            return [net.heads.output(features(net, x, k), k) for k in range(net._eidetic.frozen_tasks)]
+    finally:
+        net.train(training)
 
 
-def unit_maps(old: UnitGraph, new: UnitGraph, added: dict[str, int],
-              anchors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``{group: new unit number of every old unit}``, followed through the group's anchor
-    layer (where a widened group's old units moved as ``anchors[group]`` says, and any other
-    stayed); raises :class:`GraphError` if the re-measured table is not the old one plus the
-    new units."""
-    if set(new.keys()) != set(old.keys()):
-        raise GraphError(f"widening changed the unit groups from {old.keys()} to {new.keys()}")
-    maps = {}
-    for group in old:
-        grown = new[group.key]
-        expected = group.size + added.get(group.key, 0)
-        if grown.size != expected:
-            raise GraphError(f"after widening, group '{group.key}' has {grown.size} units, expected {expected}")
-        slot = next(s for s in group.outs if s.module == group.key)
-        new_slot = next(s for s in grown.outs if s.module == group.key)
-        moved = anchors[group.key][slot.index] if group.key in anchors else slot.index
-        table = torch.full((int(max(new_slot.index.max(), moved.max())) + 1,), -1, dtype=torch.long)
-        table[new_slot.index] = new_slot.units
-        found = table[moved]
-        if bool((found < 0).any()) or len(found.unique()) != len(found):
-            raise GraphError(f"after widening, the units of group '{group.key}' are not where module "
-                             f"'{group.key}' was expected to put them")
-        mapping = torch.empty(group.size, dtype=torch.long)
-        mapping[slot.units] = found
-        maps[group.key] = mapping
-    return maps
+def undo(net: Network) -> None:
+    """Undo the last widening of the open task: a mixin's growth step over its budget, or a
+    return to an earlier, better attempt."""
+    state = net._eidetic
+    if not state.undo:
+        raise TaskError("no widening of the open task to undo")
+    state.undo.pop().restore()
+    state.restored(net.parameters())
 
 
-def position_map(old: UnitGraph, new: UnitGraph, module: str, maps: dict[str, torch.Tensor],
-                 old_size: int, new_size: int, role: str) -> torch.Tensor:
-    """The new position of each of ``module``'s ``old_size`` output (``role="outs"``) or input
-    (``"ins"``) positions: a unit's positions go, in order, to its new positions; positions of
-    no unit (raw inputs) keep their order among the positions of no unit."""
-    position = torch.full((old_size,), -1, dtype=torch.long)
-    taken = torch.zeros(new_size, dtype=torch.bool)
-    slots = old.out_slots(module) if role == "outs" else old.in_slots(module)
-    for group, slot in slots:
-        new_slot = next(s for s in getattr(new[group.key], role) if s.module == module)
-        taken[new_slot.index] = True
-        old_unit_of = torch.full((new[group.key].size,), -1, dtype=torch.long)
-        old_unit_of[maps[group.key]] = torch.arange(group.size)
-        kept = old_unit_of[new_slot.units] >= 0
-        before = _by_unit(slot.units, slot.index)
-        after = _by_unit(old_unit_of[new_slot.units[kept]], new_slot.index[kept])
-        if not torch.equal(before[0], after[0]):
-            raise GraphError(f"after widening, module '{module}' holds the units of group '{group.key}' in a "
-                             "different number of positions")
-        position[before[1]] = after[1]
-    rest, free = (position < 0).nonzero().flatten(), (~taken).nonzero().flatten()
-    if len(rest) != len(free):
-        raise GraphError(f"after widening, module '{module}' has {len(free)} positions of no unit, expected "
-                         f"{len(rest)}")
-    position[rest] = free
-    return position
+def keep_new_units(net: Network, kept: dict[str, torch.Tensor]) -> Callable[[str, torch.Tensor], torch.Tensor]:
+    """Keep, of the units that the open task's last widening added, those that ``kept`` selects
+    (``{group: mask over the group's units}``), and give the others back: the network ends as
+    wide as if it had been widened by the kept units only, holding the wide network's values on
+    them (see :mod:`.narrowing`). The dropped units must not reach the open task's outputs (a
+    mixin's gate at exactly 0). Returns a function narrowing a tensor laid out as body tensor
+    ``"module.tensor"`` was, for a mixin's per-entry state."""
+    state = net._eidetic
+    if not state.undo:
+        raise TaskError("no widening of the open task to narrow")
+    to_wide, wide_graph = state.undo[-1].unit_maps, state.graph
+    names = touched(wide_graph, kept)  # the others kept their tensors through the widening
+    wide = {name: (spec.unit_count(m), spec.input_size(m), {t: getattr(m, t).detach().clone()
+                                                             for t in spec.tensor_names()})
+            for name, (m, spec) in state.layers.items() if name in names}
+    head = net.heads.head(net.num_tasks - 1)
+    wide_head = head.weight.detach().clone()
+    counts = {key: int((mask & new_units(wide_graph[key].size, to_wide[key])).sum()) for key, mask in kept.items()}
+    undo(net)
+    to_narrow = {}
+    if any(counts.values()):
+        widen(net, counts)
+        to_narrow = state.undo[-1].unit_maps
+    maps = narrow_maps(state.graph, wide_graph, to_wide, to_narrow, kept)
+    layouts = _narrow_layers(net, wide, maps, wide_graph)
+    with torch.no_grad():
+        positions = position_map(state.graph, wide_graph, FEATURES, maps, state.graph.feature_dim,
+                                 wide_graph.feature_dim, "ins")
+        head.weight.copy_(wide_head[:, positions.to(wide_head.device)])
+    make_guard(net)
+    return lambda name, tensor: shrunk(tensor, layouts[name]) if name in layouts else tensor
 
 
-def _by_unit(units: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(units, index)`` sorted by unit, then by position."""
-    order = (units * (int(index.max()) + 1 if len(index) else 1) + index).argsort()
-    return units[order], index[order]
+@torch.no_grad()
+def _narrow_layers(net: Network, wide: dict, maps: dict[str, torch.Tensor], wide_graph) -> dict[str, list]:
+    """Fill the narrow layers from the ``wide`` ones' tensors along ``maps``; returns each
+    tensor's layout."""
+    state = net._eidetic
+    layouts = {}
+    for name, (units, inputs, tensors) in wide.items():
+        module, spec = state.layers[name]
+        out_map = position_map(state.graph, wide_graph, name, maps, spec.unit_count(module), units, "outs")
+        in_map = position_map(state.graph, wide_graph, name, maps, spec.input_size(module), inputs, "ins")
+        for tensor_name, value in tensors.items():
+            layout = layouts[f"{name}.{tensor_name}"] = spec.grown_layout(tensor_name, out_map, units, in_map, inputs)
+            getattr(module, tensor_name).copy_(shrunk(value, layout))
+    return layouts

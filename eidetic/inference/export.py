@@ -25,7 +25,6 @@ import copy
 import math
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -36,10 +35,8 @@ from ..graph import FEATURES
 from ..graph.recurrent import RecurrentSpec
 from ..guarantee.ownership import FREE
 from ..guarantee.slices import in_mask, out_positions
+from ..state import Network, example, features
 from .routing import router_scores
-
-if TYPE_CHECKING:
-    from ..network import ContinualNetwork
 
 UnitMasks = dict[str, torch.Tensor]
 
@@ -49,8 +46,31 @@ _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_back
                "_load_state_dict_post_hooks")
 
 
-def export(net: ContinualNetwork, tasks: int | Sequence[int] | None = None, router=None) -> nn.Module:
-    """:meth:`ContinualNetwork.export`."""
+def export(net: Network, tasks: int | Sequence[int] | None = None, router=None) -> nn.Module:
+    """A plain module for deployment that computes the given finished tasks' logits with only
+    the units they read: free, pruned and later tasks' units are physically removed.
+
+    The result is ``torch.export``'s module (a ``torch.fx.GraphModule`` of plain torch
+    operations, importing nothing from eidetic) with a dynamic batch size, in evaluation
+    mode. Its outputs match :meth:`logits` within float tolerance, not bitwise: its matrix
+    products run at the smaller shapes. See docs/scaling.md.
+
+    Args:
+        tasks: a task (the module returns its logits), a sequence of tasks (a tuple of their
+            logits, in that order) or ``None`` for every finished task.
+        router: also route, as :meth:`predict` does: ``"auto"`` (predict's default router),
+            ``"learned"``, ``"statistics"``, a confidence measure or a router object. The
+            module then returns ``(task, label)`` for each input, choosing among ``tasks``;
+            the body keeps every finished task's units (the router reads them).
+
+    Example::
+
+        small = net.export(tasks=[0, 1])
+        logits0, logits1 = small(x)
+        batch = {0: torch.export.Dim("batch")}   # without it the saved program fixes len(x)
+        program = torch.export.export(net.export(router="auto"), (x,), dynamic_shapes=(batch,))
+        torch.export.save(program, "net.pt2")     # load with torch.export.load, no eidetic needed
+    """
     state = net._eidetic
     frozen = state.frozen_tasks
     if frozen == 0:
@@ -65,10 +85,10 @@ def export(net: ContinualNetwork, tasks: int | Sequence[int] | None = None, rout
     views += [(k, [k]) for k in masked]
     deployment = Deployment(net, chosen, views, scorer, single=isinstance(tasks, int))
     deployment.eval()
-    example = net._example()
+    sample = example(net)
     with torch.no_grad():
-        _check_views(net, deployment, example)
-        return _traced(deployment, example)
+        _check_views(net, deployment, sample)
+        return _traced(deployment, sample)
 
 
 def _chosen_tasks(tasks, frozen: int) -> list[int]:
@@ -84,7 +104,7 @@ def _chosen_tasks(tasks, frozen: int) -> list[int]:
 class Deployment(nn.Module):
     """The module ``torch.export`` traces: one pruned body per view, the kept heads, a router."""
 
-    def __init__(self, net: ContinualNetwork, tasks: list[int], views: list[tuple[int | None, list[int]]],
+    def __init__(self, net: Network, tasks: list[int], views: list[tuple[int | None, list[int]]],
                  scorer, single: bool) -> None:
         super().__init__()
         self.tasks, self.single, self.scorer = tasks, single, scorer
@@ -131,7 +151,7 @@ def _routed(scores: torch.Tensor, logits: list[torch.Tensor], tasks: list[int]) 
     return torch.tensor(tasks, device=pick.device)[pick], label
 
 
-def _kept_units(net: ContinualNetwork, last: int | None, free: bool = False) -> UnitMasks:
+def _kept_units(net: Network, last: int | None, free: bool = False) -> UnitMasks:
     """Units owned by tasks ``0..last`` (every finished task for ``None``; with ``free``, the
     free units too: the learned router reads them), and every unit of a group that a layer
     eidetic cannot resize produces or reads, or that only pass-through layers (BatchNorm,
@@ -156,7 +176,7 @@ def _resizable(spec) -> bool:
     return spec.size_attributes is not None and not isinstance(spec, RecurrentSpec)
 
 
-def _kept_inputs(net: ContinualNetwork, module: str, size: int, keep: UnitMasks) -> torch.Tensor:
+def _kept_inputs(net: Network, module: str, size: int, keep: UnitMasks) -> torch.Tensor:
     """Sorted input positions of ``module`` (``FEATURES`` for the heads) that read a kept unit or
     no unit at all (the raw input)."""
     everything = {key: torch.ones_like(mask) for key, mask in keep.items()}
@@ -164,7 +184,7 @@ def _kept_inputs(net: ContinualNetwork, module: str, size: int, keep: UnitMasks)
     return (in_mask(net.graph, module, keep, size) | ~reads_units).nonzero().flatten()
 
 
-def _pruned_body(net: ContinualNetwork, keep: UnitMasks, mask_task: int | None) -> tuple[nn.Module, torch.Tensor]:
+def _pruned_body(net: Network, keep: UnitMasks, mask_task: int | None) -> tuple[nn.Module, torch.Tensor]:
     """A hook-free copy of the body with only the ``keep`` units (and ``mask_task``'s masks
     applied to its weights), and the feature positions it outputs."""
     state = net._eidetic
@@ -188,7 +208,7 @@ def _pruned_body(net: ContinualNetwork, keep: UnitMasks, mask_task: int | None) 
     return body, _kept_inputs(net, FEATURES, net.graph.feature_dim, keep)
 
 
-def _stripped_copy(net: ContinualNetwork) -> nn.Module:
+def _stripped_copy(net: Network) -> nn.Module:
     """A deep copy of the body without the task heads, eidetic's state or any hook."""
     memo = {id(net._eidetic): None, id(net.heads): None}
     body = copy.deepcopy(net, memo)
@@ -213,7 +233,7 @@ def _put(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
         module._init_flat_weights()
 
 
-def _pruned_head(net: ContinualNetwork, task: int, columns: torch.Tensor) -> nn.Linear:
+def _pruned_head(net: Network, task: int, columns: torch.Tensor) -> nn.Linear:
     """Task ``task``'s head reading only the feature positions ``columns``."""
     heads = net.heads
     layer = heads.head(task)
@@ -233,7 +253,7 @@ def _pruned_head(net: ContinualNetwork, task: int, columns: torch.Tensor) -> nn.
     return head
 
 
-def _check_views(net: ContinualNetwork, deployment: Deployment, example: torch.Tensor) -> None:
+def _check_views(net: Network, deployment: Deployment, example: torch.Tensor) -> None:
     """Each pruned body gives the network's features at the kept positions, within float
     tolerance (a forward that hard-codes a width, or an operation that mixes units, would not)."""
     was_training = net.training
@@ -249,7 +269,7 @@ def _check_views(net: ContinualNetwork, deployment: Deployment, example: torch.T
                 raise GraphError(f"export: the pruned body gives {got.shape[1]} features where the kept units "
                                  f"give {len(columns)}; does forward hard-code a width (view(-1, n))? Use "
                                  "flatten(1)")
-            full = net(example) if mask_task is None else net._features(example, mask_task)
+            full = net(example) if mask_task is None else features(net, example, mask_task)
             expected = full.flatten(1).index_select(1, columns.to(full.device))
             scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
             if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * scale):

@@ -23,8 +23,7 @@ from torch import nn
 from ..errors import TaskError
 from ..graph.layers import grown, replace_grown
 from ..guarantee.eras import aligned
-
-HeadSlice = tuple[str, str, torch.Tensor, int, torch.Tensor]  # module, tensor name, tensor, dim, index
+from ..guarantee.guard import HeadSlice
 
 
 class TaskHeads(nn.ModuleList):

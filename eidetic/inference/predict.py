@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..errors import TaskError
+from ..guarantee.lifecycle import make_guard, release_free_units
 from ..guarantee.slices import head_columns
+from ..state import Network, device, features, reference_tensor
 from ..training.data import as_loader, batches
+from ..training.task import Data, session, trainable
 from .memory import Reservoir
 from .routing import ClassMoments, Prediction, route, router_scores
-
-if TYPE_CHECKING:
-    from ..network import ContinualNetwork, Data
 
 ROUTER_STEPS = (20, 10, 300)  # fit_router()'s default steps: 10 passes over its data, within 20 to 300
 ROUTER_LR = 1e-3  # its Adam learning rate for the free units
@@ -28,29 +27,63 @@ ROUTER_LAYER_LR = 10  # the router layer's, as a multiple (it must also fit when
 ROUTER_BATCH = 64  # its batch size
 
 
-def predict(net: ContinualNetwork, x: torch.Tensor, router=None) -> Prediction:
-    """:meth:`ContinualNetwork.predict`: route one pass of the body, then give every masked task
-    its own pass for the inputs routed to it."""
+def predict(net: Network, x: torch.Tensor, router=None) -> Prediction:
+    """Predict the task and the class of every input, with no task id: one pass of the body,
+    every finished task's head, and a router that picks the task.
+
+    Args:
+        x: a batch of inputs.
+        router: ``None`` (the first of the Gaussian, learned and discriminant routers that
+            covers every task, else the statistics router, else confidence), ``"gaussian"``,
+            ``"learned"``, ``"discriminant"``, ``"statistics"``, ``"confidence"`` (maximum
+            softmax), ``"entropy"``, ``"energy"``, or any object with ``scores(features,
+            logits)`` (see docs/routing.md).
+
+    Example::
+
+        net.eval()
+        with torch.no_grad():
+            p = net.predict(x)
+        p.task, p.label            # the task each input was routed to, and its class there
+    """
     tasks = net._eidetic.frozen_tasks
     if tasks == 0:
         raise TaskError("predict() needs at least one finished task")
-    features = net(x).flatten(1)
-    logits = [net.heads.output(features, k) for k in range(tasks)]
-    scores = router_scores(net._eidetic.routers.choose(router, tasks), features, logits, x)
+    shared = net(x).flatten(1)
+    logits = [net.heads.output(shared, k) for k in range(tasks)]
+    scores = router_scores(net._eidetic.routers.choose(router, tasks), shared, logits, x)
     prediction = route(scores, logits)
     masked = [k for k in range(tasks) if net._eidetic.masks.has(k)]
     for k in masked:  # a masked task's own pass, only for the inputs routed to it
         rows = (prediction.task == k).nonzero().flatten()
         if len(rows):
-            logits[k] = logits[k].index_copy(0, rows, net.heads.output(net._features(x[rows], k), k))
+            logits[k] = logits[k].index_copy(0, rows, net.heads.output(features(net, x[rows], k), k))
     return route(scores, logits) if masked else prediction
 
 
-def fit_router(net: ContinualNetwork, data: Sequence[Data] | None = None, *, batch_size: int | None = None,
+def fit_router(net: Network, data: Sequence[Data] | None = None, *, batch_size: int | None = None,
                steps: int | None = None, lr: float = ROUTER_LR) -> None:
-    """:meth:`ContinualNetwork.fit_router`: train the learned router's layer and the free units
-    on ``data`` (or on the exemplars kept), with task ids as labels; frozen units and heads are
-    held by the guard as in any task's training."""
+    """Fit the learned router: a task classifier on the features, trained with task ids as
+    labels jointly with the free units (Adam, batches of 64).
+
+    Fitting changes no head and no frozen unit (the guard holds them, as in any task's
+    training); it trains the free units, which :meth:`recycle` re-initialises, and which the
+    next task re-initialises before it trains. :meth:`recycle` calls it when every task has
+    exemplars, so you need it only to fit on your own data.
+
+    Args:
+        data: one dataset or loader per finished task (inputs, or ``(inputs, targets)``
+            batches whose targets are ignored); ``None`` uses the exemplars ``train_task``
+            kept (``memory=``).
+        batch_size: batch size for reading Dataset arguments.
+        steps: optimizer steps; ``None``: 10 passes over the data, within 20 to 300 steps.
+        lr: Adam's learning rate.
+
+    Example::
+
+        net.fit_router()                          # on the exemplar memory
+        net.fit_router([task0_data, task1_data], batch_size=256)
+    """
     state = net._eidetic
     if net.open_task is not None:
         raise TaskError(f"task {net.open_task} is open and trains the free units: freeze({net.open_task}) and "
@@ -66,32 +99,32 @@ def fit_router(net: ContinualNetwork, data: Sequence[Data] | None = None, *, bat
     loader = DataLoader(TensorDataset(inputs, labels), batch_size=size, shuffle=True, drop_last=len(inputs) > size)
     fewest, passes, most = ROUTER_STEPS
     steps = steps or min(most, max(fewest, passes * len(loader)))
-    layer = nn.Linear(state.graph.feature_dim, state.frozen_tasks).to(net._reference_tensor())
-    optimizer = torch.optim.Adam([{"params": net._trainable(layer)},
+    layer = nn.Linear(state.graph.feature_dim, state.frozen_tasks).to(reference_tensor(net))
+    optimizer = torch.optim.Adam([{"params": trainable(net, layer)},
                                   {"params": layer.parameters(), "lr": lr * ROUTER_LAYER_LR}], lr=lr)
     state.routers.learned.clear()
-    session = net._session(state.frozen_tasks, layer, loader, None, optimizer, None, None, None, (), False)
+    training = session(net, state.frozen_tasks, layer, loader, None, optimizer, None, None, None, (), False)
     was_training = net.training
     net.train()
     try:
         with torch.enable_grad():
             done = 0
             while done < steps:
-                for x, y in batches(loader, net._device(), "the router's data"):
-                    session.step(x, y)
+                for x, y in batches(loader, device(net), "the router's data"):
+                    training.step(x, y)
                     done += 1
                     if done == steps:
                         break
     except BaseException:
-        net._release_router()  # leave no half-trained free units to the next task
+        release_free_units(net)  # leave no half-trained free units to the next task
         raise
     finally:
-        net._make_guard()
+        make_guard(net)
         net.train(was_training)
     state.routers.learned.set(layer)
 
 
-def _router_data(net: ContinualNetwork, data: Sequence[Data] | None, batch_size: int | None):
+def _router_data(net: Network, data: Sequence[Data] | None, batch_size: int | None):
     """Inputs of every finished task and their task ids, on the CPU."""
     state = net._eidetic
     tasks = state.frozen_tasks
@@ -111,20 +144,20 @@ def _router_data(net: ContinualNetwork, data: Sequence[Data] | None, batch_size:
     return torch.cat(inputs), labels
 
 
-def remember(net: ContinualNetwork, task: int, loader: DataLoader, memory: int) -> None:
+def remember(net: Network, task: int, loader: DataLoader, memory: int) -> None:
     """One pass over the frozen task's data: class moments of its features and of its inputs
     (pooled, and per class for the Gaussian router), and ``memory`` exemplars."""
     state = net._eidetic
     frozen = head_columns(state.graph, state.ownership.masks("frozen"))
     num_classes = net.heads.classes[task]
-    moments = ClassMoments(num_classes, state.graph.feature_dim, net._device())
-    inputs = state.routers.discriminant.moments(num_classes, math.prod(state.input_shape), net._device())
-    scatter = state.routers.gaussian.moments(num_classes, math.prod(state.input_shape), net._device())
+    moments = ClassMoments(num_classes, state.graph.feature_dim, device(net))
+    inputs = state.routers.discriminant.moments(num_classes, math.prod(state.input_shape), device(net))
+    scatter = state.routers.gaussian.moments(num_classes, math.prod(state.input_shape), device(net))
     reservoir = Reservoir(memory)
     was_training = net.training
     net.eval()
     with torch.no_grad():
-        for x, y in batches(loader, net._device(), "train_data"):
+        for x, y in batches(loader, device(net), "train_data"):
             moments.add(net(x).flatten(1), y)
             (inputs if scatter is None else scatter).add(x, y)
             reservoir.add(x)
@@ -133,3 +166,10 @@ def remember(net: ContinualNetwork, task: int, loader: DataLoader, memory: int) 
         inputs.take(scatter)
     exemplars = reservoir.sample() if memory else torch.empty(0, *state.input_shape, dtype=state.input_dtype)
     state.routers.record(moments, frozen, inputs, scatter, exemplars)
+
+
+def refit(net: Network) -> None:
+    """Fit the learned router on the exemplars if it is not fitted and every task has some."""
+    routers, tasks = net._eidetic.routers, net._eidetic.frozen_tasks
+    if routers.learned.fitted_tasks < tasks and routers.memory.complete(tasks):
+        fit_router(net)

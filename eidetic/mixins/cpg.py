@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from ..guarantee import phases
 from ..guarantee.snapshot import Snapshot
 from ..training.session import Plan, TaskSession
+from ..training.task import synchronise
 from .arguments import check_goal, check_setting, refuse_fp16, refuse_optimizer_instance
 from .growing import Growing
 from .picking import Picker, Picking
@@ -176,6 +177,6 @@ class CPGMixin:
             head.reset_parameters()
         if self._picker is not None:
             self._picker.start()
-        self._synchronise()  # the units drawn at random on each rank
+        synchronise(self)  # the units drawn at random on each rank
         return True
 

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import TaskError, UnsupportedLayerError
-from ..guarantee.widening import check_request, check_widenable
+from ..guarantee.resizing import check_request, check_widenable
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import time
 
 from ..guarantee.narrowing import new_units
 from ..training.session import Plan, TaskSession
+from ..training.task import synchronise
 from .arguments import check_goal, check_setting, refuse_fp16, refuse_optimizer_instance
 from .sparse import SparseGrowth, SparseMasks
 from .stages import compact, try_widen
@@ -152,6 +153,6 @@ class LSGMixin:
             return False
         widening = state.undo[-1]
         masks.widened(widening.layouts)
-        self._synchronise()  # the candidates drawn at random on each rank
+        synchronise(self)  # the candidates drawn at random on each rank
         masks.start({key: new_units(state.graph[key].size, widening.unit_maps[key]) for key in request})
         return True

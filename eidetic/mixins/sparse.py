@@ -27,6 +27,7 @@ import torch
 from ..errors import TaskError, UnsupportedLayerError
 from ..graph.layers import grown
 from ..guarantee.slices import in_mask, out_mask
+from ..state import device, reference_tensor
 from ..training import distributed
 from ..training.session import Callback
 from .growing import widenable_groups
@@ -227,8 +228,8 @@ class SparseMasks:
                 scores = torch.where(keep, growth.init, -growth.init).to(weight.dtype).requires_grad_(True)
                 self.kernels[key] = _Kernel(scores, sel, att)
         for key, units in (candidates or {}).items():
-            scores = torch.full((len(units),), growth.init, dtype=self.net._reference_tensor().dtype,
-                                device=self.net._device(), requires_grad=True)
+            scores = torch.full((len(units),), growth.init, dtype=reference_tensor(self.net).dtype,
+                                device=device(self.net), requires_grad=True)
             self.gates[key] = (scores, units.to(scores.device))
         self._install()
 
@@ -305,7 +306,7 @@ class SparseMasks:
 
     def install(self) -> None:
         """Set the decisions as the open task's masks (after :meth:`narrowed`)."""
-        like = self.net._reference_tensor()
+        like = reference_tensor(self.net)
         for key, keep in self.keep.items():
             self.net._set_mask(key, keep.to(device=like.device, dtype=like.dtype))
 

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import TaskError
-from ..evaluation.report import PruneStep
 from ..graph import UnitGraph
 from ..guarantee.ownership import Ownership
 from ..guarantee.snapshot import Snapshot
 from . import distributed
+from .report import PruneStep
 from .scoring import importance, methods
 from .session import TaskSession
 

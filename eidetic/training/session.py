@@ -19,11 +19,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import NonFiniteLossError, TaskError
-from ..evaluation.report import EpochStats, TaskReport
 from ..guarantee.guard import Guard
 from ..guarantee.slices import out_mask
 from . import distributed
 from .data import batches
+from .report import EpochStats, TaskReport
 from .scoring import ScoringContext
 
 log = logging.getLogger("eidetic")

@@ -8,23 +8,20 @@ import contextlib
 import copy
 import logging
 import weakref
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .errors import TaskError
-from .guarantee.snapshot import Snapshot
-from .guarantee.widening import SavedModule
-
-if TYPE_CHECKING:
-    from .network import ContinualNetwork
+from ..errors import TaskError
+from ..state import Network, forget
+from .lifecycle import make_guard
+from .snapshot import Snapshot
 
 log = logging.getLogger("eidetic")
 
 
 @contextlib.contextmanager
-def transaction(net: ContinualNetwork, example: torch.Tensor, optimizer):
+def transaction(net: Network, example: torch.Tensor, optimizer):
     """Set up on first use, and put everything back if the body of the block fails."""
     state = net._eidetic
     created = state.graph is None
@@ -34,10 +31,10 @@ def transaction(net: ContinualNetwork, example: torch.Tensor, optimizer):
         if tuple(example.shape[1:]) != state.input_shape:
             raise TaskError(f"inputs of shape {tuple(example.shape[1:])} (per sample) do not fit the "
                             f"network, which was set up with inputs of shape {state.input_shape}")
-        snapshot = Snapshot(net, net._make_guard(), state.ownership)
+        snapshot = Snapshot(net, make_guard(net), state.ownership)
     except BaseException:
         if created:
-            net._forget_graph()
+            forget(net)
         raise
     heads, frozen, training = net.num_tasks, state.frozen_tasks, net.training
     routers, masks = state.routers.checkpoint(), state.masks.checkpoint()
@@ -59,38 +56,12 @@ def transaction(net: ContinualNetwork, example: torch.Tensor, optimizer):
         snapshot.restore()
         tx.rollback()
         if created:
-            net._forget_graph()
+            forget(net)
         else:
-            net._make_guard()
+            make_guard(net)
         raise
     finally:
         state.undo = None
-
-
-class Widening:
-    """What a widening changes, to put back if it (or the task around it) fails."""
-
-    def __init__(self, net: ContinualNetwork) -> None:
-        state = net._eidetic
-        self.net = net
-        self.graph, self.layers, self.ownership = state.graph, state.layers, state.ownership
-        self.eras = state.eras.copy()
-        self.masks = state.masks.checkpoint()
-        self.routers = state.routers.state()
-        heads = [net.heads, *net.heads]
-        self.modules = [SavedModule.of(m) for m, _ in state.layers.values()] + [SavedModule.of(h) for h in heads]
-        self.unit_maps: dict[str, torch.Tensor] = {}  # filled in by the widening: see Resized
-        self.layouts: dict[str, list] = {}
-
-    def restore(self) -> None:
-        state = self.net._eidetic
-        for saved in self.modules:
-            saved.restore()
-        state.graph, state.layers, state.ownership = self.graph, self.layers, self.ownership
-        state.eras.records = self.eras
-        state.masks.rollback(self.masks)
-        state.routers.load(self.routers)
-        self.net._make_guard()
 
 
 class OptimizerTransaction:
