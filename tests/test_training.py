@@ -57,7 +57,8 @@ def test_report_describes_what_happened():
     assert 1 <= len(report.prune_steps) <= 2
     assert report.units.keys() == {"fcs.0", "fcs.1"}
     assert {k: report.units[k] + report.free_units[k] for k in report.units} == {"fcs.0": 8, "fcs.1": 5}
-    assert set(report.seconds) == {"train", "prune", "finish", "total"}
+    assert set(report.seconds) == {"train", "prune", "prune_training", "prune_evaluating", "finish", "freeze",
+                                   "recycle", "total"}
     assert "task 0" in str(report)
     assert report.to_dict()["task"] == 0
 

@@ -106,17 +106,21 @@ def optimizers(draw: st.DrawFn, names: tuple[str, ...] = ("SGD", "Adam", "AdamW"
 prunings: st.SearchStrategy[Pruning | None] = st.none() | st.builds(
     Pruning,
     method=st.sampled_from(["l1", "l2", "taylor", "random"]),
-    step=st.sampled_from([0.2, 0.34, 0.5]),
+    step=st.sampled_from([None, 0.2, 0.34, 0.5]),
     tolerance=st.sampled_from([0.0, 0.05, 0.5]),
     recovery_epochs=st.integers(0, 1),
-    patience=st.integers(0, 1),
+    patience=st.none() | st.integers(0, 1),
     max_steps=st.integers(1, 3),
     score_batches=st.integers(1, 2),
     tasks=st.none() | st.integers(4, 6),
+    sample=st.sampled_from([None, 5, 16]),
+    max_pruning_ratio=st.sampled_from([0.5, 0.9, 1.0]),
 )
 """Pruning configurations: no pruning, or :class:`~eidetic.Pruning` with every importance method
-(random included), a few step sizes, tolerances, recovery epochs, retries, step bounds and task
-shares (``tasks`` at least the four tasks of the longest :data:`runs`)."""
+(random included), a few step sizes (the adaptive one included), tolerances, recovery epochs,
+retries, step bounds, task shares (``tasks`` at least the four tasks of the longest
+:data:`runs`), metric samples (a part of a batch, whole batches, all the data) and pruning
+ratios."""
 
 
 @dataclass(frozen=True)

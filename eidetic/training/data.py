@@ -63,6 +63,39 @@ def batches(loader: DataLoader, device: torch.device, name: str) -> Iterator[tup
         raise TaskError(f"{name} yielded no batches")
 
 
+SAMPLE_SEED = 0  # the seed of the shuffling that draws a fixed sample (see :func:`fixed_sample`)
+
+
+def fixed_sample(loader: DataLoader, device: torch.device, name: str, limit: int
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``limit`` samples of ``loader``, the same ones at every call.
+
+    The loader is read with torch's random generator (and the loader's own ``generator``, if
+    it has one) set to a fixed state, and both are put back afterwards, so a shuffling loader
+    yields the same samples each time and training's random stream is left as it was. (A
+    sampler that draws from another generator, such as numpy's, gives another sample each
+    time.) Nothing is kept in memory between calls.
+    """
+    generator = getattr(loader, "generator", None)
+    saved = None if generator is None else generator.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SAMPLE_SEED)
+        if generator is not None:
+            generator.manual_seed(SAMPLE_SEED)
+        try:
+            taken = 0
+            for x, y in batches(loader, device, name):
+                if taken + len(x) > limit:
+                    x, y = x[:limit - taken], y[:limit - taken]
+                taken += len(x)
+                yield x, y
+                if taken >= limit:
+                    return
+        finally:
+            if generator is not None:
+                generator.set_state(saved)
+
+
 def first_inputs(loader: DataLoader, name: str) -> torch.Tensor:
     """Up to two input samples from the first batch (the example used to trace the network)."""
     for batch in loader:

@@ -15,14 +15,16 @@ class EpochStats:
     loss: float
     metric: float
     val_metric: float | None = None
+    steps: int | None = None  # optimizer steps run (fewer than the loader's batches if the epoch ended early)
 
 
 @dataclass
 class PruneStep:
     """One pruning step: the fraction of the task's alive units it removed, units removed per
-    group, recovery epochs run, the monitored metric after recovery, whether the step was kept
-    (within tolerance, or chosen by graceful pruning) or rolled back, and the score threshold
-    used (``None`` for a fraction step)."""
+    group, recovery epochs begun (each may end early, once the metric is back within tolerance),
+    the monitored metric after recovery, whether the step was kept (within tolerance, or chosen
+    by graceful pruning) or rolled back, the score threshold used (``None`` for a fraction
+    step), and the recovery's optimizer steps."""
 
     fraction: float
     removed: dict[str, int]
@@ -30,6 +32,7 @@ class PruneStep:
     metric: float
     accepted: bool
     threshold: float | None = None
+    steps: int = 0
 
 
 @dataclass
@@ -46,7 +49,11 @@ class TaskReport:
         val_metric: the metric on the validation data of the network as frozen (if given).
         units: ``{group: units the task owns}`` for the units it newly froze.
         free_units: ``{group: units left free for later tasks}``.
-        seconds: wall time per phase (``train``, ``prune``, ``finish``, ``total``).
+        seconds: wall time per phase: ``train``, ``prune``, ``finish``, ``total``; within
+            pruning, ``prune_training`` (recovery epochs) and ``prune_evaluating`` (the metric);
+            within finishing, ``freeze`` (with the routers' statistics and exemplars) and
+            ``recycle`` (with the learned router's fit). The sub-phases are there when the base
+            class learned the task (mixins time their own phases).
         parameters: parameter entries of the network at the end of the task (body and heads).
         goal: the accuracy goal the task was trained to (mixins such as ``CPGMixin``), or ``None``.
         goal_met: whether the kept attempt's monitored metric reached ``goal`` (``None`` without one).

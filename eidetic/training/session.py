@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -22,7 +23,7 @@ from ..errors import NonFiniteLossError, TaskError
 from ..guarantee.guard import Guard
 from ..guarantee.slices import out_mask
 from . import distributed
-from .data import batches
+from .data import batches, fixed_sample
 from .report import EpochStats, TaskReport
 from .scoring import ScoringContext
 
@@ -87,7 +88,10 @@ class L1Penalty:
 
 @dataclass
 class TaskSession:
-    """Everything the training of one task needs."""
+    """Everything the training of one task needs.
+
+    ``seconds`` counts the wall time spent in training epochs (``"training"``, evaluations within
+    them excepted) and in evaluations (``"evaluating"``) since the session began."""
 
     body: nn.Module
     head: nn.Linear
@@ -109,6 +113,7 @@ class TaskSession:
     precision: str | None = None  # None, "bf16" or "fp16": the training steps' autocast
     compile: dict | None = None  # torch.compile's arguments for the step's forward and loss; None: eager
     epochs_run: int = field(default=0, init=False)
+    seconds: dict[str, float] = field(default_factory=lambda: {"training": 0.0, "evaluating": 0.0}, init=False)
     _finite: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)  # per step since the last check
 
     def __post_init__(self) -> None:
@@ -178,10 +183,15 @@ class TaskSession:
                 loss = loss + self.penalty()
         return logits, loss
 
-    def train_epoch(self) -> EpochStats:
-        """One pass over the training data in training mode."""
+    def train_epoch(self, stop: Callable[[int], bool] | None = None, every: int = 1) -> EpochStats:
+        """One pass over the training data in training mode.
+
+        With ``stop``, the epoch ends early once ``stop(steps run)``, asked after every
+        ``every`` steps, returns true (it may evaluate: the modules are put back in training
+        mode after it); the statistics are those of the steps run (``EpochStats.steps``)."""
         from tqdm.auto import tqdm
 
+        start, evaluating = time.perf_counter(), self.seconds["evaluating"]
         self.body.train()
         self.head.train()
         first = self.epochs_run == 0
@@ -205,18 +215,29 @@ class TaskSession:
                 cb.on_step_end(self.task, loss)
             if step % _FINITE_CHECK_EVERY == 0 and not distributed.active():  # ranks check together, below
                 self._check_finite(float(total_loss), epoch)
+            if stop is not None and step % every == 0 and self._stopped(stop, step):
+                break
+        bar.close()
         total_loss, total_metric, samples = distributed.total(
             torch.stack([total_loss, total_metric, torch.tensor(float(samples), device=self.device)])).tolist()
         mean_loss = total_loss / samples
         self._check_finite(mean_loss, epoch)
         self.epochs_run = epoch
-        stats = EpochStats(self.epochs_run, mean_loss, total_metric / samples)
+        stats = EpochStats(self.epochs_run, mean_loss, total_metric / samples, steps=step)
+        self.seconds["training"] += time.perf_counter() - start - (self.seconds["evaluating"] - evaluating)
         if self.val_loader is not None:
             stats.val_metric = self.evaluate(self.val_loader, "val_data")
         for cb in self.callbacks:
             cb.on_epoch_end(self.task, stats)
         log.debug("task %d epoch %d: loss %.4f metric %.4f", self.task, stats.epoch, stats.loss, stats.metric)
         return stats
+
+    def _stopped(self, stop: Callable[[int], bool], step: int) -> bool:
+        """``stop(step)`` asked between training steps, the modules put back in training mode."""
+        done = bool(stop(step))
+        self.body.train()
+        self.head.train()
+        return done
 
     def _watch_finite(self, x: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor) -> None:
         """Keep, without waiting for the device, float32 sums of the step's inputs, outputs and loss:
@@ -268,14 +289,19 @@ class TaskSession:
         return history
 
     @torch.no_grad()
-    def evaluate(self, loader: DataLoader, name: str) -> float:
-        """The metric over ``loader`` in evaluation mode."""
+    def evaluate(self, loader: DataLoader, name: str, sample: int | None = None) -> float:
+        """The metric over ``loader`` in evaluation mode; with ``sample``, over the same first
+        ``sample`` samples of it at every call (:func:`~eidetic.training.data.fixed_sample`; per
+        process under ``torch.distributed``)."""
+        start = time.perf_counter()
         was_training = self.body.training
         self.body.eval()
         self.head.eval()
         distributed.broadcast_buffers([self.body, self.head])  # every rank evaluates rank 0's statistics
         total, samples = torch.zeros((), device=self.device), 0
-        for x, y in batches(loader, self.device, name):
+        data = batches(loader, self.device, name) if sample is None else fixed_sample(loader, self.device, name,
+                                                                                       sample)
+        for x, y in data:
             if samples == 0:
                 self._check(x, y)
             total += self.metric(self.logits(x), y) * len(x)
@@ -283,15 +309,17 @@ class TaskSession:
         self.body.train(was_training)
         self.head.train(was_training)
         total, samples = distributed.total(torch.stack([total, torch.tensor(float(samples), device=self.device)]))
+        self.seconds["evaluating"] += time.perf_counter() - start
         return float(total) / float(samples)
 
-    def monitored(self, monitor: str) -> float:
-        """The metric pruning watches: on the training data or on the validation data."""
+    def monitored(self, monitor: str, sample: int | None = None) -> float:
+        """The metric pruning watches: on the training data or on the validation data, all of
+        it or a fixed ``sample`` of it."""
         if monitor == "val":
             if self.val_loader is None:
                 raise TaskError("Pruning(monitor='val') needs val_data")
-            return self.evaluate(self.val_loader, "val_data")
-        return self.evaluate(self.train_loader, "train_data")
+            return self.evaluate(self.val_loader, "val_data", sample)
+        return self.evaluate(self.train_loader, "train_data", sample)
 
     def scoring_context(self, layers, graph, max_batches: int | None) -> ScoringContext:
         """Inputs for importance strategies (evaluation mode, training data)."""

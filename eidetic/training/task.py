@@ -26,7 +26,7 @@ from ..guarantee.transaction import transaction
 from ..state import Network, features, reference_tensor
 from . import distributed
 from .data import as_loader, first_inputs
-from .pruning import GracefulPruning, Pruning, prune
+from .pruning import GracefulPruning, Pruning, measure, prune
 from .report import PruneStep, TaskReport
 from .session import PRECISIONS, Callback, L1Penalty, Loss, Metric, Plan, TaskSession, accuracy
 
@@ -149,12 +149,16 @@ def _finish(net: Network, learned: TaskSession, plan: Plan, train_loader: DataLo
             finish: bool, memory: int) -> None:
     """The report's final metrics; freeze and recycle (``finish``); ranks made identical."""
     report = plan.report
-    report.final_metric = learned.monitored(plan.monitor)
+    pruning = plan.pruning
+    report.final_metric = learned.monitored(plan.monitor) if pruning is None else measure(learned, pruning)
     if val_loader is not None:
         report.val_metric = learned.evaluate(val_loader, "val_data")
     if finish:
+        start = time.perf_counter()
         report.units = net.freeze(report.task, train_loader, memory=memory)
+        report.seconds["freeze"] = time.perf_counter() - start
         net.recycle()
+        report.seconds["recycle"] = time.perf_counter() - start - report.seconds["freeze"]
     synchronise(net)
     report.free_units = net._eidetic.ownership.free_counts()
     report.parameters = sum(p.numel() for p in net.parameters())
@@ -163,13 +167,17 @@ def _finish(net: Network, learned: TaskSession, plan: Plan, train_loader: DataLo
 def learn(net: Network, plan: Plan) -> TaskSession:
     """The base's way of learning the open task: train, then prune (``ContinualNetwork._learn``)."""
     learned, scheduler = plan.build()
-    plan.report.epochs = learned.fit(plan.epochs, plan.early_stopping, scheduler)
-    plan.report.seconds["train"] = time.perf_counter() - plan.start
+    report = plan.report
+    report.epochs = learned.fit(plan.epochs, plan.early_stopping, scheduler)
+    report.seconds["train"] = time.perf_counter() - plan.start
+    before = dict(learned.seconds)
     if plan.pruning is not None:
         state = net._eidetic
-        plan.report.reference_metric, plan.report.prune_steps = prune(
+        report.reference_metric, report.prune_steps = prune(
             learned, state.layers, state.graph, state.ownership, plan.pruning)
-    plan.report.seconds["prune"] = time.perf_counter() - plan.start - plan.report.seconds["train"]
+    report.seconds["prune"] = time.perf_counter() - plan.start - report.seconds["train"]
+    report.seconds["prune_training"] = learned.seconds["training"] - before["training"]
+    report.seconds["prune_evaluating"] = learned.seconds["evaluating"] - before["evaluating"]
     return learned
 
 
