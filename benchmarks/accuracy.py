@@ -112,9 +112,10 @@ def run_finetune(args, bench, tasks, optimizer) -> tuple[eidetic.Results, dict]:
 def run_eidetic(args, bench, tasks, optimizer) -> tuple[eidetic.Results, dict]:
     torch.manual_seed(args.seed)
     net = make_body(args, bench.input_shape)
-    pruning = eidetic.Pruning(method=args.pruning, step=args.prune_step, tolerance=args.tolerance,
-                              recovery_epochs=args.recovery_epochs, patience=args.patience,
-                              tasks=len(tasks) if args.share else None)
+    given = {"step": args.prune_step, "tolerance": args.tolerance, "recovery_epochs": args.recovery_epochs,
+             "patience": args.patience}
+    pruning = eidetic.Pruning(method=args.pruning, tasks=len(tasks) if args.share else None,
+                              **{k: v for k, v in given.items() if v is not None})
     results = eidetic.run_tasks(net, tasks, optimizer=optimizer, epochs=args.epochs, pruning=pruning,
                                 progress=False)
     capacity = net.capacity()
@@ -172,16 +173,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
     parser.add_argument("--pruning", default="l2", help="eidetic's importance method (default: l2)")
-    parser.add_argument("--prune-step", type=float, default=0.2, help="eidetic's pruning step (default: 0.2)")
-    parser.add_argument("--tolerance", type=float, default=0.005,
-                        help="eidetic's pruning tolerance (default: 0.005)")
-    parser.add_argument("--recovery-epochs", type=int, default=2,
-                        help="eidetic's recovery epochs per pruning step (default: 2)")
+    parser.add_argument("--prune-step", type=float, help="eidetic's pruning step (default: Pruning's, adaptive)")
+    parser.add_argument("--tolerance", type=float, help="eidetic's pruning tolerance (default: Pruning's)")
+    parser.add_argument("--recovery-epochs", type=int,
+                        help="eidetic's recovery epochs per pruning step at most (default: Pruning's)")
     parser.add_argument("--no-share", dest="share", action="store_false",
                         help="do not tell eidetic the number of tasks (Pruning(tasks=None): no share per task, "
                              "the tolerance alone decides)")
-    parser.add_argument("--patience", type=int, default=0,
-                        help="failed pruning steps retried at half the step (default: 0, as the paper)")
+    parser.add_argument("--patience", type=int,
+                        help="failed pruning steps retried at half the step (default: Pruning's)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
