@@ -308,7 +308,7 @@ def resolve(args: argparse.Namespace, error) -> Config:
     if not args.benchmark.startswith("permuted") and tasks > 5:
         error(f"argument --tasks: {args.benchmark} has 5 tasks (two classes each), got {tasks}")
     model = args.model or base.model
-    if model in ("convnet", "resnet") and args.benchmark.startswith("sequential"):
+    if model in zoo.IMAGE_MODELS and args.benchmark.startswith("sequential"):
         error(f"argument --model: {args.benchmark} gives sequences of rows, not images; use lstm or mlp")
     width = args.width if args.width is not None else (base.mlp_width if model == "mlp" else None)
     options = {}
