@@ -60,6 +60,8 @@ METHOD_OPTIONS = {
     "lsg": {"goal": 0.95, "seed_fraction": 0.125, "candidates": 1.0, "max_width": 8.0, "mask_lr": 5e-4},
 }
 """The options of each method, with their defaults (``--goal`` is both methods')."""
+OPTIMIZERS = ("adamw", "adam", "sgd")
+"""The optimizers ``--optimizer`` takes."""
 ROUTERS = ("auto", "gaussian", "learned", "discriminant", "statistics", "confidence", "entropy", "energy", "none")
 FILES = ("results.json", "accuracy_matrix.csv", "accuracy_matrix.png", "capacity.png", "model.pt")
 """The files ``eidetic run`` writes into its results folder (the pictures unless ``--no-plots``)."""
@@ -81,6 +83,14 @@ class Defaults:
 _DEFAULTS = {
     "digits": Defaults("mlp", epochs=3, batch_size=32, lr=1e-2, tolerance=0.005, mlp_width=128, threads=1),
     "mnist": Defaults("mlp", epochs=3, batch_size=128, lr=1e-3, tolerance=0.005, mlp_width=256, threads=None),
+    "fashion-mnist": Defaults("mlp", epochs=3, batch_size=128, lr=1e-3, tolerance=0.005, mlp_width=256,
+                              threads=None),
+    "cifar10": Defaults("resnet18-cifar", epochs=3, batch_size=128, lr=1e-3, tolerance=0.02, mlp_width=256,
+                        threads=None),
+    "cifar100": Defaults("resnet18-cifar", epochs=3, batch_size=128, lr=1e-3, tolerance=0.02, mlp_width=256,
+                         threads=None),
+    "imagenette": Defaults("resnet18", epochs=3, batch_size=32, lr=1e-3, tolerance=0.02, mlp_width=256,
+                           threads=None),
     "sequential-digits": Defaults("lstm", epochs=10, batch_size=32, lr=1e-2, tolerance=0.02, mlp_width=128,
                                   threads=1),
     "sequential-mnist": Defaults("lstm", epochs=3, batch_size=128, lr=3e-3, tolerance=0.02, mlp_width=256,
@@ -90,15 +100,17 @@ _DEFAULTS = {
 
 def defaults(benchmark: str) -> Defaults:
     """The defaults of ``benchmark``: tiny digits tensors run fastest on one thread; the
-    sequential (row-by-row) benchmarks default to the LSTM model.
+    sequential (row-by-row) benchmarks default to the LSTM model, CIFAR to ResNet-18 with the
+    low-resolution stem, Imagenette to ResNet-18.
 
     Example::
 
         defaults("split-mnist").batch_size    # 128
+        defaults("split-cifar10").model       # 'resnet18-cifar'
     """
     if benchmark.startswith("sequential"):
         return _DEFAULTS[benchmark]
-    return _DEFAULTS["digits" if benchmark.endswith("digits") else "mnist"]
+    return _DEFAULTS[datasets.spec(benchmark).data]
 
 
 # ------------------------------------------------------------------------------------- parser
@@ -144,6 +156,30 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def add_device_options(group) -> None:
+    """The options of where and how a run computes: device, threads, workers, precision, memory format.
+
+    Example::
+
+        add_device_options(parser.add_argument_group("device"))
+    """
+    group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
+    group.add_argument("--threads", type=_int_at_least(1), default=None,
+                       help="CPU threads for torch (default: 1 on digits, else all cores)")
+    group.add_argument("--workers", type=_int_at_least(0), default=None,
+                       help="DataLoader worker processes that read, decode and augment the data (default: 4 on "
+                            "cuda, at most the CPUs; 0 otherwise: in the main process)")
+    group.add_argument("--no-pin-memory", dest="pin_memory", action="store_false",
+                       help="on cuda, do not put batches in page-locked memory (pinned by default, copied "
+                            "without blocking)")
+    group.add_argument("--precision", choices=("bf16", "fp16"), default=None,
+                       help="train under torch.autocast in bfloat16, or float16 with a gradient scaler (default: the "
+                            "network's float32); evaluation stays in float32")
+    group.add_argument("--channels-last", action="store_true",
+                       help="image models and batches in the channels-last memory format (faster convolutions on "
+                            "recent GPUs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``eidetic`` command.
 
@@ -162,29 +198,50 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter)
     data = run.add_argument_group("benchmark")
     data.add_argument("--benchmark", choices=datasets.BENCHMARKS, default="split-digits",
-                      help="task sequence: digits are bundled with scikit-learn; MNIST needs --data-dir or "
-                           "--download")
+                      help="task sequence: digits are bundled with scikit-learn; the others need --data-dir or "
+                           "--download (see docs/cli.md)")
     data.add_argument("--tasks", type=_int_at_least(1), default=None,
-                      help="number of tasks (default: 10 for permuted, else 5, the most split and sequential have)")
+                      help="number of tasks (default: 10 for permuted and split-cifar100 (5, 10 or 20), 20 for "
+                           "cifar100-superclasses, else 5; fewer keep the first tasks)")
     data.add_argument("--data-dir", type=Path, default=Path("data"),
-                      help="MNIST folder: IDX files (t10k-images-idx3-ubyte[.gz], ...) or a torchvision root "
-                           "holding MNIST/raw")
+                      help="the data's folder: MNIST or Fashion-MNIST IDX files (or a torchvision root holding "
+                           "MNIST/raw, FashionMNIST/raw); the folder holding cifar-10-batches-py/ or "
+                           "cifar-100-python/ (or that folder); Imagenette's folder holding train/ and val/")
     data.add_argument("--download", action="store_true",
-                      help="download MNIST into --data-dir with torchvision first (needs a network)")
+                      help="download the data into --data-dir with torchvision first (needs a network)")
+    data.add_argument("--no-augment", dest="augment", action="store_false",
+                      help="CIFAR, Imagenette: no augmentation of the training split (random crops and flips "
+                           "by default; every split is normalised)")
+    data.add_argument("--image-size", type=_int_at_least(8), default=None,
+                      help="split-imagenette: the input size (default: 224)")
     model = run.add_argument_group("model and training")
     model.add_argument("--model", choices=tuple(zoo.MODELS), default=None,
                        help="mlp: Linear+BatchNorm; convnet: 2 conv+BatchNorm stages; resnet: small ResNet; "
-                            "lstm: 2-layer LSTM reading rows (default: lstm for sequential benchmarks, else mlp)")
+                            "lstm: 2-layer LSTM reading rows; vgg16-bn: VGG16 with BatchNorm for 32x32 (CPG, "
+                            "CL-LSG); resnet18-cifar, resnet50-cifar: low-resolution stems; resnet18, resnet50: "
+                            "ImageNet stems; lenet5: 20-50-800-500 (default: lstm for sequential benchmarks, "
+                            "resnet18-cifar on CIFAR, resnet18 on Imagenette, else mlp)")
     model.add_argument("--width", type=_int_at_least(1), default=None,
-                       help="hidden units (mlp, lstm) or first-layer channels (convnet, resnet) (default: mlp "
-                            "128 on digits and 256 on MNIST; lstm 64; 16 for the others)")
+                       help="hidden units (mlp, lstm) or first-layer channels (the others) (default: mlp "
+                            "128 on digits and 256 otherwise; lstm 64; convnet and resnet 16; vgg16-bn and the "
+                            "resnets 64; lenet5 20)")
     model.add_argument("--epochs", type=_int_at_least(0), default=None,
                        help="training epochs per task, before pruning (default: 3; 10 on sequential-digits)")
     model.add_argument("--batch-size", type=_int_at_least(2), default=None,
-                       help="training batch size (default: 32 on digits, 128 on MNIST)")
+                       help="training batch size (default: 32 on digits and Imagenette, else 128)")
+    model.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
+                       help="the optimizer of the weights")
     model.add_argument("--lr", type=_float_in(0, 10, low_open=True), default=None,
-                       help="AdamW learning rate (default: 1e-2 on digits, 1e-3 on MNIST, 3e-3 on "
-                            "sequential-mnist)")
+                       help="learning rate (default: 1e-2 on digits, 3e-3 on sequential-mnist, else 1e-3)")
+    model.add_argument("--momentum", type=_float_in(0, 1, high_open=True), default=None,
+                       help="sgd: momentum (default: 0.9)")
+    model.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum")
+    model.add_argument("--weight-decay", type=_float_in(0, 1), default=None,
+                       help="weight decay (default: torch's, 0.01 for adamw, 0 for adam and sgd)")
+    model.add_argument("--lr-milestones", type=_int_at_least(1), nargs="+", default=None, metavar="EPOCH",
+                       help="divide the learning rate by 10 at these epochs of each task (MultiStepLR)")
+    model.add_argument("--early-stopping", type=_int_at_least(1), default=None, metavar="EPOCHS",
+                       help="stop a task's training after this many epochs without progress (default: never)")
     prune = run.add_argument_group("pruning")
     prune.add_argument("--pruning", choices=PRUNING_METHODS, default="l2",
                        help="importance method of structured pruning ('none': keep every free unit)")
@@ -199,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "router fewer features)")
     prune.add_argument("--recovery-epochs", type=_int_at_least(0), default=2,
                        help="retraining epochs after each pruning step (default: 2)")
+    prune.add_argument("--patience", type=_int_at_least(0), default=0,
+                       help="failed pruning steps retried at half the step before pruning stops")
     prune.add_argument("--no-share", dest="share", action="store_false",
                        help="eidetic: do not prune each task to its share of the free units (1 / tasks left), "
                             "let the tolerance alone decide (Pruning(tasks=None))")
@@ -239,9 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     other.add_argument("--memory", type=_int_at_least(0), default=200,
                        help="exemplars kept per task to fit the learned router (more: better routing)")
     other.add_argument("--seed", type=int, default=0, help="random seed (initialisation, shuffling, permutations)")
-    other.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
-    other.add_argument("--threads", type=_int_at_least(1), default=None,
-                       help="CPU threads for torch (default: 1 on digits, all cores on MNIST)")
+    add_device_options(other)
     other.add_argument("--out", type=Path, default=None,
                        help="results folder (default: runs/<benchmark>-<model>[-cpg|-lsg]-<date>-<time>)")
     other.add_argument("--no-plots", action="store_true", help="skip the PNG pictures (no matplotlib needed)")
@@ -288,6 +345,20 @@ class Config:
     out: str
     plots: bool
     progress: bool
+    optimizer: str = "adamw"
+    momentum: float | None = None
+    nesterov: bool = False
+    weight_decay: float = 0.01
+    lr_milestones: list[int] | None = None
+    early_stopping: int | None = None
+    patience: int = 0
+    augment: bool = True
+    image_size: int | None = None
+    workers: int = 0
+    pin_memory: bool = False
+    precision: str | None = None
+    channels_last: bool = False
+    first: int | None = None  # train only the first tasks of the benchmark (eidetic reproduce --tasks)
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dictionary."""
@@ -305,11 +376,16 @@ def resolve(args: argparse.Namespace, error) -> Config:
     """
     base = defaults(args.benchmark)
     tasks = datasets.default_tasks(args.benchmark) if args.tasks is None else args.tasks
-    if not args.benchmark.startswith("permuted") and tasks > 5:
-        error(f"argument --tasks: {args.benchmark} has 5 tasks (two classes each), got {tasks}")
+    try:
+        datasets.spec(args.benchmark).check_tasks(tasks)
+    except ValueError as exc:
+        error(f"argument --tasks: {exc}")
     model = args.model or base.model
     if model in zoo.IMAGE_MODELS and args.benchmark.startswith("sequential"):
         error(f"argument --model: {args.benchmark} gives sequences of rows, not images; use lstm or mlp")
+    if args.image_size is not None and args.benchmark != "split-imagenette":
+        error(f"argument --image-size: only with --benchmark split-imagenette ({args.benchmark}'s images have a "
+              "fixed size)")
     width = args.width if args.width is not None else (base.mlp_width if model == "mlp" else None)
     options = {}
     for name, default in {**METHOD_OPTIONS["cpg"], **METHOD_OPTIONS["lsg"]}.items():
@@ -328,6 +404,7 @@ def resolve(args: argparse.Namespace, error) -> Config:
     out = args.out or Path("runs") / f"{args.benchmark}-{model}{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and not out.is_dir():
         error(f"argument --out: {out} exists and is not a folder")
+    device = _check_device(args.device, error)
     return Config(
         benchmark=args.benchmark, tasks=tasks, model=model, width=width,
         epochs=base.epochs if args.epochs is None else args.epochs,
@@ -338,11 +415,42 @@ def resolve(args: argparse.Namespace, error) -> Config:
         recovery_epochs=args.recovery_epochs, share=args.share, method=args.method, **options, router=args.router,
         memory=args.memory,
         seed=args.seed,
-        device=_check_device(args.device, error),
+        device=device,
         threads=args.threads or base.threads or torch.get_num_threads(),
         data_dir=None if args.benchmark.endswith("digits") else str(args.data_dir),
         download=args.download, out=str(out), plots=not args.no_plots, progress=not args.no_progress,
+        **_optimizer_options(args, error), early_stopping=args.early_stopping, patience=args.patience,
+        augment=args.augment, image_size=args.image_size, **_device_options(args, device, model, error),
     )
+
+
+def _optimizer_options(args: argparse.Namespace, error) -> dict:
+    """The optimizer's settings, defaults filled in; SGD's options refused for the others."""
+    if args.optimizer != "sgd":
+        for name in ("momentum", "nesterov"):
+            if getattr(args, name) not in (None, False):
+                error(f"argument --{name}: only with --optimizer sgd")
+    momentum = (0.9 if args.momentum is None else args.momentum) if args.optimizer == "sgd" else None
+    if args.nesterov and not momentum:
+        error("argument --nesterov: Nesterov momentum needs --momentum above 0")
+    decay = args.weight_decay if args.weight_decay is not None else 0.01 if args.optimizer == "adamw" else 0.0
+    return {"optimizer": args.optimizer, "momentum": momentum, "nesterov": args.nesterov, "weight_decay": decay,
+            "lr_milestones": sorted(args.lr_milestones) if args.lr_milestones else None}
+
+
+def _device_options(args: argparse.Namespace, device: str, model: str, error) -> dict:
+    """Workers, pinned memory, precision and memory format, checked against the device, the model
+    and the method."""
+    cuda = device.startswith("cuda")
+    if args.precision == "fp16" and args.method != "eidetic":
+        error(f"argument --precision: fp16 trains {args.method}'s learnable masks badly (their gradient "
+              "scaler would skip steps); use bf16")
+    if args.channels_last and model not in zoo.IMAGE_MODELS:
+        error(f"argument --channels-last: {model} reads no images; it is for "
+              f"{', '.join(zoo.IMAGE_MODELS)}")
+    workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1) if cuda else 0
+    return {"workers": workers, "pin_memory": cuda and args.pin_memory, "precision": args.precision,
+            "channels_last": args.channels_last}
 
 
 def _check_device(name: str, error) -> str:
@@ -408,20 +516,28 @@ def train(config: Config) -> Run:
     torch.set_num_threads(config.threads)
     start = time.perf_counter()
     bench = datasets.load_benchmark(config.benchmark, tasks=config.tasks, seed=config.seed,
-                                    data_dir=config.data_dir, download=config.download)
-    tasks = bench.as_tasks(config.batch_size, seed=config.seed)
+                                    data_dir=config.data_dir, download=config.download, augment=config.augment,
+                                    image_size=config.image_size)
+    if config.first is not None:
+        bench = bench.first(config.first)
+    tasks = bench.as_tasks(config.batch_size, seed=config.seed, workers=config.workers, pin_memory=config.pin_memory,
+                           channels_last=config.channels_last)
     net = zoo.build_model(config.model, bench.input_shape, config.width, method=config.method).to(config.device)
+    if config.channels_last:
+        net = net.to(memory_format=torch.channels_last)
     extra = _method_arguments(config)
+    optimizer, scheduler = make_optimizer(config), make_scheduler(config)
     run = Run(config, net, bench)
     run.timings = {"load": time.perf_counter() - start, "tasks": []}
     print(f"eidetic {__version__}: {config.benchmark}, {len(bench)} tasks, {config.model} "
           f"({sum(p.numel() for p in net.parameters()):,} parameters), {config.epochs} epoch(s) per task, "
           f"pruning {config.pruning if config.method != 'lsg' else 'none (learned masks)'}, method {config.method}"
           f"{'' if config.goal is None else f' (goal {config.goal:g})'}, "
-          f"device {config.device}\ndata: {bench.source}")
+          f"device {config.device}{_precision_note(config)}\ndata: {bench.source}"
+          + "".join(f"\n{split}: {text}" for split, text in bench.preprocessing.items()))
     pruning = None if config.pruning == "none" or config.method == "lsg" else Pruning(
         method=config.pruning, step=config.prune_step, threshold=config.threshold, tolerance=config.tolerance,
-        recovery_epochs=config.recovery_epochs,
+        recovery_epochs=config.recovery_epochs, patience=config.patience,
         tasks=len(tasks) if config.share and config.method == "eidetic" else None)
     router = None if config.router == "none" else config.router
     first_logits = []
@@ -430,8 +546,9 @@ def train(config: Config) -> Run:
         for k, task in enumerate(tasks):
             report = net.train_task(
                 k, task.train, num_classes=task.num_classes, epochs=config.epochs, pruning=pruning,
-                optimizer=lambda params: torch.optim.AdamW(params, lr=config.lr),
-                memory=config.memory, callbacks=[_Postfix(bar)], progress=config.progress, **extra)
+                optimizer=optimizer, scheduler=scheduler, early_stopping=config.early_stopping,
+                precision=config.precision, memory=config.memory, callbacks=[_Postfix(bar)],
+                progress=config.progress, **extra)
             mark = time.perf_counter()
             evaluation = evaluate(net, [t.test for t in tasks], router=router)
             first_logits.append(_test_logits(net, task.test, k))
@@ -452,6 +569,42 @@ def _test_logits(net: ContinualNetwork, loader, task: int) -> torch.Tensor:
     out = torch.cat([net.logits(x.to(device), task).cpu() for x, _ in loader])
     net.train(was_training)
     return out
+
+
+def make_optimizer(config: Config):
+    """The ``params -> Optimizer`` factory of ``config`` (a new optimizer per task).
+
+    Example::
+
+        make = make_optimizer(config)
+        net.train_task(0, loader, num_classes=2, optimizer=make, epochs=1)
+    """
+    if config.optimizer == "sgd":
+        return lambda params: torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+                                              weight_decay=config.weight_decay)
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return lambda params: cls(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def make_scheduler(config: Config):
+    """The ``optimizer -> scheduler`` factory of ``config`` (``MultiStepLR`` at ``lr_milestones``,
+    stepped per epoch), or ``None``.
+
+    Example::
+
+        make_scheduler(config)    # None unless --lr-milestones
+    """
+    if not config.lr_milestones:
+        return None
+    return lambda optimizer: torch.optim.lr_scheduler.MultiStepLR(optimizer, config.lr_milestones, gamma=0.1)
+
+
+def _precision_note(config: Config) -> str:
+    notes = [f"{config.precision} autocast"] if config.precision else []
+    notes += ["channels-last"] if config.channels_last else []
+    notes += [f"{config.workers} worker(s)"] if config.workers else []
+    notes += ["pinned memory"] if config.pin_memory else []
+    return f" ({', '.join(notes)})" if notes else ""
 
 
 def _method_arguments(config: Config) -> dict:

@@ -238,8 +238,8 @@ def test_a_bad_meta_file_and_an_inconsistent_hierarchy(tmp_path):
 
 
 @pytest.mark.parametrize(("name", "tasks", "message"), [
-    ("split-cifar100", 7, "takes 5 or 10 or 20 tasks, got 7"), ("split-cifar10", 6, "takes 1 to 5 tasks, got 6"),
-    ("cifar100-superclasses", 21, "takes 1 to 20 tasks, got 21")])
+    ("split-cifar100", 7, "takes 5, 10 or 20 tasks"), ("split-cifar10", 6, r"has 5 tasks \(fewer .*\), got 6"),
+    ("cifar100-superclasses", 21, "has 20 tasks")])
 def test_a_wrong_number_of_tasks_is_refused(tmp_path, name, tasks, message):
     with pytest.raises(ValueError, match=message):
         load_benchmark(name, tasks=tasks, data_dir=tmp_path)

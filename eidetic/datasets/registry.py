@@ -51,11 +51,12 @@ class BenchmarkSpec:
         if self.allowed is None:
             if tasks < 1:
                 raise ValueError(f"{self.name} needs at least 1 task, got {tasks}")
+        elif self.allowed == _upto(self.allowed[-1]):
+            if tasks not in self.allowed:
+                raise ValueError(f"{self.name} has {self.allowed[-1]} tasks (fewer keep the first ones), got {tasks}")
         elif tasks not in self.allowed:
-            allowed = (f"{self.allowed[0]} to {self.allowed[-1]}" if self.allowed == tuple(
-                range(self.allowed[0], self.allowed[-1] + 1)) and len(self.allowed) > 2 else
-                " or ".join(map(str, self.allowed)))
-            raise ValueError(f"{self.name} takes {allowed} tasks, got {tasks}")
+            choices = ", ".join(map(str, self.allowed[:-1])) + f" or {self.allowed[-1]}"
+            raise ValueError(f"{self.name} takes {choices} tasks (its classes divided among them), got {tasks}")
 
 
 def _upto(n: int) -> tuple[int, ...]:
