@@ -306,7 +306,33 @@ def build_parser() -> argparse.ArgumentParser:
     other.add_argument("-v", "--verbose", action="store_true",
                        help="log eidetic's pruning steps (INFO), and the traceback of an error")
     run.set_defaults(error=run.error)
+    _add_reproduce(commands)
     return parser
+
+
+def _add_reproduce(commands) -> None:
+    parser = commands.add_parser(
+        "reproduce", help="run one of the seed papers' experiments with the paper's settings",
+        description="Run a seed experiment (eidetic reproduce --list) with its paper's settings and write the "
+                    "run's results folder plus comparison.md: the paper's figures next to ours, task by task. "
+                    "--epochs, --tasks and --width override for a quick look; the results record it.",
+        formatter_class=_HelpFormatter)
+    parser.add_argument("name", nargs="?", default=None, help="the experiment (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the experiments and exit")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="the folder the experiment's data is in")
+    parser.add_argument("--download", action="store_true", help="download the data with torchvision first")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default: runs/<name>-<date>-<time>)")
+    quick = parser.add_argument_group("overrides for a quick look (recorded in the results)")
+    quick.add_argument("--epochs", type=_int_at_least(0), default=None, help="training epochs per task")
+    quick.add_argument("--tasks", type=_int_at_least(1), default=None, help="train only the first tasks")
+    quick.add_argument("--width", type=_int_at_least(1), default=None, help="the network's width")
+    other = parser.add_argument_group("run")
+    other.add_argument("--seed", type=int, default=0, help="random seed")
+    add_device_options(other)
+    other.add_argument("--no-plots", action="store_true", help="skip the PNG pictures")
+    other.add_argument("--no-progress", action="store_true", help="no progress bars")
+    other.add_argument("-v", "--verbose", action="store_true", help="log eidetic's steps, show tracebacks")
+    parser.set_defaults(error=parser.error)
 
 
 @dataclass
@@ -757,12 +783,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.command == "reproduce":
+            return _reproduce(args, argv)
         config = resolve(args, args.error)
     except SystemExit as exit_:
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
-    if args.verbose:
-        logging.basicConfig(format="%(name)s %(levelname)s: %(message)s")
-        logging.getLogger("eidetic").setLevel(logging.INFO)
+    _log(args)
     try:
         run = train(config)
         paths = write_outputs(run, argv)
@@ -776,6 +802,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(summary(run, paths))
     return 0
+
+
+def _log(args: argparse.Namespace) -> None:
+    if args.verbose:
+        logging.basicConfig(format="%(name)s %(levelname)s: %(message)s")
+        logging.getLogger("eidetic").setLevel(logging.INFO)
+
+
+def _reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``eidetic reproduce``: list the experiments, or run one and print its comparison."""
+    from . import reproduce
+
+    if args.list:
+        if args.name is not None:
+            args.error("give an experiment name or --list, not both")
+        print(reproduce.listing(reproduce.EXPERIMENTS.values()))
+        return 0
+    if args.name is None:
+        args.error("give an experiment name (eidetic reproduce --list shows them)")
+    if args.name not in reproduce.EXPERIMENTS:
+        args.error(f"argument name: unknown experiment {args.name!r}; choose one of "
+                   f"{', '.join(reproduce.EXPERIMENTS)}")
+    chosen = reproduce.EXPERIMENTS[args.name]
+    if args.tasks is not None and args.tasks > chosen.tasks:
+        args.error(f"argument --tasks: {args.name} has {chosen.tasks} tasks, got {args.tasks}")
+    out = args.out or Path("runs") / f"{args.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    options = _passed_on(args)
+    _log(args)
+    try:
+        done = reproduce.reproduce(args.name, args.data_dir, out, epochs=args.epochs, tasks=args.tasks,
+                                   width=args.width, run_options=options, argv=argv)
+    except KeyboardInterrupt:
+        print("eidetic: interrupted", file=sys.stderr)
+        return 130
+    except (EideticError, FileNotFoundError, ImportError, ValueError, OSError) as exc:
+        if args.verbose:
+            logging.getLogger("eidetic").exception("the experiment failed")
+        print(f"eidetic: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"\n{(Path(out) / reproduce.COMPARISON).read_text()}\nresults in {out}/: "
+          + ", ".join(p.name for p in done.paths))
+    return 0
+
+
+def _passed_on(args: argparse.Namespace) -> list[str]:
+    """The ``eidetic run`` options of a ``reproduce`` command line."""
+    words = ["--device", args.device, "--seed", str(args.seed)]
+    for name in ("threads", "workers", "precision"):
+        if getattr(args, name) is not None:
+            words += [f"--{name}", str(getattr(args, name))]
+    flags = {"--channels-last": args.channels_last, "--no-pin-memory": not args.pin_memory,
+             "--download": args.download, "--no-plots": args.no_plots, "--no-progress": args.no_progress,
+             "--verbose": args.verbose}
+    return words + [flag for flag, on in flags.items() if on]
 
 
 if __name__ == "__main__":
