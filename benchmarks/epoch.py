@@ -19,7 +19,7 @@ processes, pinned memory on CUDA (:class:`eidetic.datasets.TensorImages`).
 
 Run::
 
-    python benchmarks/epoch.py                       # CPU, width 16: about 3 minutes on two cores
+    python benchmarks/epoch.py                       # CPU, width 16, one thread: about 3 minutes
     python benchmarks/epoch.py --width 64 --device cuda --precision bf16 --channels-last --pipeline --workers 4
     python benchmarks/epoch.py --json epoch.json
 """
@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--pipeline", action="store_true",
                         help="serve uint8 images through the augmentation path instead of prebuilt tensors")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers with --pipeline (default: 0)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
     args = parser.parse_args()

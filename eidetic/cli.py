@@ -1,4 +1,5 @@
-"""The ``eidetic`` command line: ``eidetic run`` trains a benchmark and writes a results folder.
+"""The ``eidetic`` command line: ``eidetic run`` trains a benchmark and writes a results folder;
+``eidetic reproduce`` runs a seed paper's experiment with its settings (:mod:`eidetic.reproduce`).
 
 ``eidetic run`` (also ``python -m eidetic run``) learns the tasks of a benchmark one after
 another with :meth:`~eidetic.ContinualNetwork.train_task`, evaluates every task learnt so far
@@ -16,9 +17,16 @@ classes, no download) with an MLP, in seconds. ``--method cpg`` learns with
 ``--method lsg`` with :class:`~eidetic.LSGMixin` from a seed of 1/8 of the width (learnable
 sparse growth to ``--goal``; see docs/lsg.md).
 
+The benchmarks (:mod:`eidetic.datasets`) include Fashion-MNIST, CIFAR-10/100 (the superclasses
+too) and Imagenette, the models (:mod:`eidetic.zoo`) the seed papers' VGG16-BN, ResNets and
+LeNet-5; ``--device cuda`` with ``--workers``, ``--precision`` and ``--channels-last`` is the GPU
+data path.
+
 Example::
 
     eidetic run
+    eidetic run --benchmark split-cifar10 --data-dir data --model resnet18-cifar --device cuda --precision bf16
+    eidetic reproduce --list
     eidetic run --benchmark permuted-mnist --data-dir data/mnist --model mlp --tasks 10 --epochs 3
     python -m eidetic run --model resnet --epochs 2 --out runs/resnet
     eidetic run --method cpg --goal 0.98 --max-growth 2

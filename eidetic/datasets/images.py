@@ -108,11 +108,6 @@ class TensorImages(Dataset):
         x = self.transform(self.images[self.indices[chosen]])
         return list(zip(x.unbind(0), self.labels[chosen].tolist()))
 
-    @property
-    def item_shape(self) -> tuple[int, ...]:
-        """The shape of one item (after the transform)."""
-        return tuple(self[0][0].shape)
-
 
 class ImageFiles(Dataset):
     """Image files with their labels, decoded (PIL, RGB) and transformed when an item is read.
