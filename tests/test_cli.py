@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from eidetic import cli, zoo
-from eidetic.datasets import load_benchmark, write_idx
+from eidetic.datasets import load_benchmark, synthetic, write_idx
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
@@ -276,6 +276,15 @@ def test_lsg_grows_from_a_seed_and_prints_the_parameters_per_task(capsys, tmp_pa
     (["run", "--tolerance", "1"], "must be in [0, 1)"),
     (["run", "--batch-size", "1"], "must be at least 2"),
     (["run", "--device", "toaster"], "not a torch device"),
+    (["run", "--benchmark", "split-cifar100", "--tasks", "7"], "split-cifar100 takes 5, 10 or 20 tasks"),
+    (["run", "--benchmark", "cifar100-superclasses", "--tasks", "21"], "cifar100-superclasses has 20 tasks"),
+    (["run", "--image-size", "64"], "argument --image-size: only with --benchmark split-imagenette"),
+    (["run", "--momentum", "0.5"], "argument --momentum: only with --optimizer sgd"),
+    (["run", "--optimizer", "sgd", "--momentum", "0", "--nesterov"], "Nesterov momentum needs --momentum"),
+    (["run", "--channels-last"], "argument --channels-last: mlp reads no images"),
+    (["run", "--method", "cpg", "--precision", "fp16"], "use bf16"),
+    (["run", "--precision", "fp8"], "invalid choice: 'fp8'"),
+    (["run", "--workers", "-1"], "must be at least 0"),
     (["run", "--unknown"], "unrecognized arguments"),
     ([], "required: command"),
 ])
@@ -322,3 +331,67 @@ def test_python_dash_m():
     done = subprocess.run([sys.executable, "-m", "eidetic", "--version"], capture_output=True, text=True,
                           cwd=Path(__file__).parent, timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("eidetic ")
+
+
+# ------------------------------------------------------------------ image benchmarks, GPU options
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar10(tmp_path_factory) -> Path:
+    return synthetic.write_cifar(tmp_path_factory.mktemp("cifar"), "cifar10", train_per_class=8, test_per_class=4)
+
+
+def test_split_cifar10_with_resnet18_cifar_end_to_end(capsys, tmp_path, tiny_cifar10):
+    """The issue's command, on a tiny synthetic CIFAR-10."""
+    code, out, err = run(capsys, "run", "--benchmark", "split-cifar10", "--data-dir", tiny_cifar10, "--model",
+                         "resnet18-cifar", "--width", "8", "--epochs", "1", "--no-plots", "--out", tmp_path / "O",
+                         "--no-progress")
+    assert code == 0, err
+    document = json.loads((tmp_path / "O" / "results.json").read_text())
+    assert document["config"]["benchmark"] == "split-cifar10" and document["model"]["model"] == "resnet18-cifar"
+    assert document["benchmark"]["input_shape"] == [3, 32, 32] and len(document["results"]["matrix"]) == 5
+    assert document["results"]["bwt"] == 0.0 and document["logits_identical"] is True
+    assert "random 32x32 crop" in document["benchmark"]["preprocessing"]["train"]
+    assert "train: random 32x32 crop" in out
+
+
+def test_gpu_path_options_are_recorded_and_keep_the_guarantee(capsys, tmp_path, tiny_cifar10):
+    """bf16 autocast, channels-last, a worker process and SGD with a schedule, on the CPU."""
+    code, out, err = run(capsys, "run", "--benchmark", "split-cifar10", "--data-dir", tiny_cifar10, "--model",
+                         "resnet18-cifar", "--width", "4", *QUICK, "--no-plots", "--precision", "bf16",
+                         "--channels-last", "--workers", "1", "--optimizer", "sgd", "--nesterov", "--lr", "0.05",
+                         "--lr-milestones", "1", "--weight-decay", "1e-4", "--early-stopping", "2", "--no-augment",
+                         "--out", tmp_path)
+    assert code == 0, err
+    config = json.loads((tmp_path / "results.json").read_text())["config"]
+    assert (config["precision"], config["channels_last"], config["workers"], config["pin_memory"]) == (
+        "bf16", True, 1, False)
+    assert (config["optimizer"], config["momentum"], config["nesterov"], config["weight_decay"]) == (
+        "sgd", 0.9, True, 1e-4)
+    assert config["lr_milestones"] == [1] and config["early_stopping"] == 2 and config["augment"] is False
+    assert "bf16 autocast, channels-last, 1 worker(s)" in out and "no augmentation" in out
+    assert "bitwise identical to when it was learnt: yes" in out
+    args = cli.build_parser().parse_args(["run"])
+    assert (cli.resolve(args, args.error).optimizer, cli.resolve(args, args.error).weight_decay) == ("adamw", 0.01)
+
+
+def test_fashion_mnist_and_imagenette_runs(capsys, tmp_path):
+    fashion = synthetic.write_mnist(tmp_path / "fashion", train_per_class=6, test_per_class=3)
+    code, _, err = run(capsys, "run", "--benchmark", "permuted-fashion-mnist", "--data-dir", fashion, "--width", "16",
+                       *QUICK, "--no-plots", "--out", tmp_path / "f")
+    assert code == 0, err
+    assert json.loads((tmp_path / "f" / "results.json").read_text())["benchmark"]["tasks"][1]["train_samples"] == 60
+    nette = synthetic.write_imagenette(tmp_path / "nette", classes=2, train_per_class=4, val_per_class=2, size=40)
+    code, _, err = run(capsys, "run", "--benchmark", "split-imagenette", "--data-dir", nette, "--tasks", "1",
+                       "--image-size", "32", "--width", "4", "--epochs", "1", "--no-progress", "--no-plots",
+                       "--out", tmp_path / "i")
+    assert code == 0, err
+    document = json.loads((tmp_path / "i" / "results.json").read_text())
+    assert document["model"]["model"] == "resnet18" and document["benchmark"]["input_shape"] == [3, 32, 32]
+
+
+def test_a_missing_cifar_folder_says_where_and_how(capsys, tmp_path):
+    code, _, err = run(capsys, "run", "--benchmark", "cifar100-superclasses", "--data-dir", tmp_path / "none",
+                       "--out", tmp_path / "o")
+    assert code == 1 and str(tmp_path / "none") in err and "cifar-100-python" in err and "--download" in err
+    assert "Traceback" not in err
