@@ -17,7 +17,9 @@ Cost: a 784-256-256 MLP and the zoo's conv net on 3x32x32 inputs, each after 10 
 classes (Permuted MNIST; the conv net's digits padded to 3x32x32; a short training, since the
 cost depends on the shapes, not on the weights), time ``net.predict(x)`` with the default
 router at batch 256 against one forward pass of the same architecture in plain PyTorch with one
-head (a fresh ``eidetic.zoo`` model, no hook), interleaved in the same run, one thread.
+head (a fresh ``eidetic.zoo`` model, no hook), interleaved in the same run, one thread; and, in
+the same rounds, the body with every head but no router, and the router's projection of the
+inputs alone.
 
 Run::
 
@@ -192,11 +194,14 @@ def cost(model: str, classes: int, args: argparse.Namespace) -> dict:
         shared = net(x).flatten(1)
         return [net.heads.output(shared, k) for k in range(net.num_tasks)]
 
+    projection = net._eidetic.routers.gaussian.projection
     with torch.no_grad():
-        times = interleaved({"plain": lambda: plain(x), "heads": heads, "predict": lambda: net.predict(x)}, args.rounds)
+        times = interleaved({"plain": lambda: plain(x), "heads": heads, "projection": lambda: projection(x),
+                             "predict": lambda: net.predict(x)}, args.rounds)
     return {"model": f"{model} {'x'.join(map(str, shape))}", "tasks": net.num_tasks, "classes": classes * net.num_tasks,
             "batch": len(x), "plain_ms": times["plain"], "heads_ms": times["heads"], "predict_ms": times["predict"],
-            "ratio": times["predict"] / times["plain"], "heads_ratio": times["heads"] / times["plain"]}
+            "ratio": times["predict"] / times["plain"], "heads_ratio": times["heads"] / times["plain"],
+            "projection_ratio": times["projection"] / times["plain"]}
 
 
 def main() -> None:
@@ -231,9 +236,11 @@ def main() -> None:
         print(text_table(table))
     if args.only != "quality":
         results["cost"] = [cost(model, classes, args) for model in ("mlp", "convnet") for classes in args.classes]
-        table = [["model", "tasks", "classes", "plain ms", "predict ms", "predict/plain", "no router/plain"]]
+        table = [["model", "tasks", "classes", "plain ms", "predict ms", "predict/plain", "no router/plain",
+                  "projection/plain"]]
         table += [[r["model"], str(r["tasks"]), str(r["classes"]), f"{r['plain_ms']:.3f}", f"{r['predict_ms']:.3f}",
-                   f"{r['ratio']:.2f}x", f"{r['heads_ratio']:.2f}x"] for r in results["cost"]]
+                   f"{r['ratio']:.2f}x", f"{r['heads_ratio']:.2f}x", f"{r['projection_ratio']:.2f}x"]
+                  for r in results["cost"]]
         print(text_table(table))
         print(f"predict (default router) at batch {args.batch} over one plain forward pass with one head (median of "
               f"{args.rounds} interleaved rounds, {args.threads} thread(s))")

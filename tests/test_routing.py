@@ -513,3 +513,26 @@ def test_split_digits_with_the_run_defaults_routes_nearly_as_well_as_the_oracle(
     results = json.loads((tmp_path / "run" / "results.json").read_text())["results"]
     assert results["routing_accuracy"] >= 0.97
     assert results["routed_accuracy"] >= results["average_accuracy"] - 0.02
+
+
+def test_the_default_router_follows_the_network_to_a_device_and_through_widening(device):
+    """``pytest --device cuda`` runs it on a GPU. Moved, the router scores on the inputs' device
+    and routes as on the CPU; widened, its scores stay bitwise (it reads the inputs, not the
+    features)."""
+    from eidetic import zoo
+
+    tasks = _image_tasks((3, 32, 32), tasks=2)
+    torch.manual_seed(0)
+    net = zoo.build_model("mlp", (3, 32, 32), width=8)
+    for t, (train_set, _) in enumerate(tasks):
+        net.train_task(t, train_set, batch_size=16, num_classes=2, epochs=1, progress=False, memory=0,
+                       optimizer=lambda p: torch.optim.Adam(p, lr=0.01), pruning=None)
+    x = torch.cat([test.tensors[0] for _, test in tasks])
+    net.eval()
+    with torch.no_grad():
+        before = net.predict(x).task_scores
+        net.widen({"fcs.0": 3})
+        assert torch.equal(net.eval().predict(x).task_scores, before)
+        moved = net.to(device).predict(x.to(device))
+    assert moved.task_scores.device.type == device.type
+    assert torch.equal(moved.task.cpu(), before.argmax(dim=1))

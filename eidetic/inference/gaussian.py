@@ -162,8 +162,8 @@ class GaussianRouter:
     on a fixed projection of the inputs (nothing kept but statistics; any input size).
 
     Args:
-        rank: principal directions recorded per class and per half (16: the best measured of
-            4-64 on Split digits and Split MNIST, see docs/routing.md); at most one per 8
+        rank: principal directions recorded per class and per half (16: the best of 4-64 when
+            measured on the raw pixels of Split digits and Split MNIST); at most one per 8
             samples, less one.
         split: also model each class as a mixture of its two halves along its first principal
             direction (one more pass over the task's inputs when it ends), where each half has

@@ -33,8 +33,8 @@ def predict(net: Network, x: torch.Tensor, router=None) -> Prediction:
 
     Args:
         x: a batch of inputs, of the shape the network was trained on.
-        router: ``None`` (the Gaussian router on the inputs; see :meth:`Routers.choose` for
-            networks it does not cover), ``"gaussian"``, ``"learned"`` (fitted here on the
+        router: ``None`` (the Gaussian router on the inputs; docs/routing.md says which router
+            a network it does not cover gets), ``"gaussian"``, ``"learned"`` (fitted here on the
             exemplars the first time it is needed after new tasks), ``"discriminant"``,
             ``"statistics"``, ``"confidence"`` (maximum softmax), ``"entropy"``, ``"energy"``,
             or any object with ``scores(features, logits)`` (see docs/routing.md).
