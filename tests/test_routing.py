@@ -502,17 +502,17 @@ def test_a_float64_network_fits_and_uses_every_router():
 
 def test_split_digits_with_the_run_defaults_routes_nearly_as_well_as_the_oracle(tmp_path):
     """The goal figures on real offline data: ``eidetic run``'s defaults (Split digits, seed 0, the
-    default router: the data-free Gaussian one) route at least 97% of the test images to their
-    task and the routed accuracy is within 2 points of the accuracy with the task id given
-    (measured: 0.9912 routing, 0.9889 routed against 0.9977). The router is fitted from the
-    inputs' statistics alone, so training's rounding does not move it."""
+    default router: the data-free Gaussian one) route at least 98% of the test images to their
+    task and the routed accuracy is within 1 point of the accuracy with the task id given
+    (measured: 0.9912 routing, 0.9868 routed against 0.9934). The router is fitted from the
+    inputs' statistics alone, so training's rounding does not move the routing."""
     pytest.importorskip("sklearn")
     from eidetic import cli
 
     assert cli.main(["run", "--no-plots", "--no-progress", "--out", str(tmp_path / "run")]) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())["results"]
-    assert results["routing_accuracy"] >= 0.97
-    assert results["routed_accuracy"] >= results["average_accuracy"] - 0.02
+    assert results["routing_accuracy"] >= 0.98
+    assert results["routed_accuracy"] >= results["average_accuracy"] - 0.01
 
 
 def test_the_default_router_follows_the_network_to_a_device_and_through_widening(device):
