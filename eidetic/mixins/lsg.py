@@ -64,10 +64,11 @@ class LSGMixin:
             goal: the accuracy goal on the monitored data (validation data when given, else the
                 training data), in [0, 1]: the task grows while it misses it. ``None``: never grow.
             growth: the masks' and growth's configuration, or ``None`` for the base's training.
-            pruning: the base's pruning after the masks are learned, compacting the task as CPG
-                does (keeping its steps while the goal holds), so that the units it does not need,
-                grown ones included, are left free for later tasks; ``None``: the masks alone are
-                the sparsity, as in the papers (see docs/lsg.md for why compacting is the default).
+            pruning: the base's pruning after the masks are learned, compacting the task within
+                the pruning's tolerance of what it reached (the goal decides growth only), so that
+                the units it does not need, grown ones included, are left free for later tasks;
+                ``None``: the masks alone are the sparsity, as in the papers (see docs/lsg.md for
+                why compacting is the default).
 
         Returns:
             a :class:`~eidetic.TaskReport` with ``goal``, ``goal_met``, ``attempts`` (one per
@@ -143,7 +144,7 @@ class LSGMixin:
         report.goal_met = None if goal is None else attempts[-1] >= goal
         report.released = dict(self._released)
         report.seconds["train"] = time.perf_counter() - plan.start
-        compact(self, session, plan, goal)
+        compact(self, session, plan, None)  # within the pruning's tolerance: the goal decides growth only
         return session
 
     def _grow(self, growth: SparseGrowth, masks: SparseMasks) -> str | None:
