@@ -194,7 +194,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16, help="first-stage channels (default: 16; the paper's 64)")
     parser.add_argument("--batch-size", type=int, default=128, help="samples per step (default: 128)")
     parser.add_argument("--steps", type=int, default=20, help="steps per epoch (default: 20)")
-    parser.add_argument("--epochs", type=int, default=5, help="timed epochs of each loop (default: 5)")
+    parser.add_argument("--epochs", type=int, default=10, help="timed epochs of each loop (default: 10)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs of each loop first (default: 1)")
     parser.add_argument("--prune", type=float, default=0.5,
                         help="fraction of units task 0 prunes, left free for task 1 (default: 0.5)")
