@@ -229,17 +229,21 @@ def test_cpg_picking_keeps_the_accuracy_matrix_flat(capsys, tmp_path):
 
 
 def test_lsg_grows_from_a_seed_and_prints_the_parameters_per_task(capsys, tmp_path):
-    """``eidetic run --method lsg``: the MLP is built at 1/4 of --width 16, grows while a task
-    misses the goal (1.0 on the training data: always), and every task line gives the parameters."""
+    """``eidetic run --method lsg``: the MLP is built at 1/4 of --width 16; the second task grows
+    while it misses the goal (1.0 on the training data: always), within the budget (--max-growth)
+    and the width cap (--max-width), is compacted as CPG's tasks are, and every task line gives
+    the parameters."""
     code, out, err = run(capsys, "run", "--method", "lsg", "--goal", "1.0", "--width", "16", "--seed-fraction", "0.25",
-                         "--max-width", "3", "--mask-lr", "0.01", *QUICK, "--no-plots", "--out", tmp_path)
+                         "--max-width", "3", "--max-growth", "4", "--mask-lr", "0.01", *QUICK, "--no-plots",
+                         "--out", tmp_path)
     assert code == 0, err
-    assert "method lsg (goal 1)" in out and "pruning none (learned masks)" in out
+    assert "method lsg (goal 1)" in out and "pruning l2" in out
     document = json.loads((tmp_path / "results.json").read_text())
     assert document["model"]["method"] == "lsg" and document["model"]["width"] == 4
     assert document["config"]["max_width"] == 3.0 and document["config"]["mask_lr"] == 0.01
+    assert document["config"]["max_growth"] == 4.0
     reports = document["results"]["reports"]
-    assert reports[0]["grown"] and reports[0]["prune_steps"] == []
+    assert reports[0]["grown"] == {} and reports[1]["grown"]  # the first task does not grow, as in CPG
     for k, report in enumerate(reports):
         assert f"task {k + 1}/2" in out and f"{report['parameters']:,} parameters" in out
     units = {row["group"]: row["total"] for row in document["capacity"]["layers"]}

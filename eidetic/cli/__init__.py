@@ -14,7 +14,7 @@ after each one, and writes to the results folder:
 With no option it learns Split digits (scikit-learn's bundled digits, five tasks of two
 classes, no download) with an MLP, in seconds. ``--method cpg`` learns with
 :class:`~eidetic.CPGMixin` (picking, growth to ``--goal``, compacting; see docs/cpg.md), and
-``--method lsg`` with :class:`~eidetic.LSGMixin` from a seed of 1/8 of the width (learnable
+``--method lsg`` with :class:`~eidetic.LSGMixin` (learnable
 sparse growth to ``--goal``; see docs/lsg.md).
 
 The benchmarks (:mod:`eidetic.datasets`) include Fashion-MNIST, CIFAR-10/100 (the superclasses

@@ -16,9 +16,11 @@ from .. import __version__, datasets, zoo
 PRUNING_METHODS = ("l1", "l2", "taylor", "random", "activation", "none")
 METHOD_OPTIONS = {
     "cpg": {"goal": 0.95, "grow_step": 0.25, "max_growth": 1.5, "pick_lr": 1e-4},
-    "lsg": {"goal": 0.95, "seed_fraction": 0.125, "candidates": 1.0, "max_width": 8.0, "mask_lr": 5e-4},
+    "lsg": {"goal": 0.95, "max_growth": 1.5, "seed_fraction": 1.0, "candidates": 1.0, "max_width": 8.0,
+            "mask_lr": 5e-4},
 }
-"""The options of each method, with their defaults (``--goal`` is both methods')."""
+"""The options of each method, with their defaults (``--goal`` and the budget ``--max-growth`` are both
+methods')."""
 OPTIMIZERS = ("adamw", "adam", "sgd")
 """The optimizers ``--optimizer`` takes."""
 ROUTERS = ("auto", "gaussian", "learned", "discriminant", "statistics", "confidence", "entropy", "energy", "none")
@@ -224,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--method", choices=zoo.METHODS, default="eidetic",
                         help="eidetic: train, prune, freeze, recycle; cpg: the CPG mixin on top (picking masks over "
                              "old weights, growth while a task misses --goal, compacting while the goal holds); lsg: "
-                             "learnable sparse growth from a seed network (masks instead of pruning; --pruning is "
-                             "not used)")
+                             "learnable sparse growth (attentive, selective and grown masks, released kernels "
+                             "retrained, growth while a task misses --goal, compacting as cpg)")
     method.add_argument("--goal", type=_float_in(0, 1), default=None,
                         help="cpg, lsg: the accuracy goal on the training data; a task grows while it misses it "
                              "(cpg: from the second task on), and cpg's pruning keeps its steps while the goal holds "
@@ -234,14 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cpg: units added per growth step, as a fraction of each layer's initial width "
                              "(default: 0.25)")
     method.add_argument("--max-growth", type=_float_in(1, 100), default=None,
-                        help="cpg: the body grows to at most this many times its initial parameters (default: 1.5)")
+                        help="cpg, lsg: the body grows to at most this many times its initial parameters, the "
+                             "budget of both methods (default: 1.5)")
     method.add_argument("--pick-lr", type=_float_in(0, 10, low_open=True), default=None,
                         help="cpg: Adam learning rate of the picking scores over the old weights (default: 1e-4, "
                              "CPG's; a score needs about 50 steps at 1e-4 to drop its weight, so short runs keep "
                              "every old weight)")
     method.add_argument("--seed-fraction", type=_float_in(0, 1, low_open=True), default=None,
                         help="lsg: the seed network's width as a fraction of --width (or of the model's default "
-                             "width) (default: 0.125, the papers' 1/8)")
+                             "width); the budget (--max-growth) is relative to it, so a small seed (the papers' 1/8) "
+                             "needs a larger budget (default: 1.0, the network cpg starts from)")
     method.add_argument("--candidates", type=_float_in(0, 100, low_open=True), default=None,
                         help="lsg: candidate units per growth step, as a fraction of each layer's seed width "
                              "(default: 1.0)")

@@ -91,11 +91,11 @@ def train(config: Config) -> Run:
     run.timings = {"load": time.perf_counter() - start, "tasks": []}
     print(f"eidetic {__version__}: {config.benchmark}, {len(bench)} tasks, {config.model} "
           f"({sum(p.numel() for p in net.parameters()):,} parameters), {config.epochs} epoch(s) per task, "
-          f"pruning {config.pruning if config.method != 'lsg' else 'none (learned masks)'}, method {config.method}"
+          f"pruning {config.pruning}, method {config.method}"
           f"{'' if config.goal is None else f' (goal {config.goal:g})'}, "
           f"device {config.device}{_precision_note(config)}\ndata: {bench.source}"
           + "".join(f"\n{split}: {text}" for split, text in bench.preprocessing.items()))
-    pruning = None if config.pruning == "none" or config.method == "lsg" else Pruning(
+    pruning = None if config.pruning == "none" else Pruning(
         method=config.pruning, step=config.prune_step, threshold=config.threshold, tolerance=config.tolerance,
         recovery_epochs=config.recovery_epochs, patience=config.patience,
         tasks=len(tasks) if config.share and config.method == "eidetic" else None)
@@ -174,7 +174,7 @@ def _method_arguments(config: Config) -> dict:
                 "picking": Picking(lr=config.pick_lr)}
     if config.method == "lsg":
         return {"goal": config.goal, "growth": SparseGrowth(candidates=config.candidates, max_width=config.max_width,
-                                                            mask_lr=config.mask_lr)}
+                                                            mask_lr=config.mask_lr, max_ratio=config.max_growth)}
     return {}
 
 

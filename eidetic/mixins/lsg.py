@@ -22,6 +22,7 @@ import logging
 import time
 
 from ..guarantee.narrowing import new_units
+from ..training.pruning import Pruning
 from ..training.session import Plan, TaskSession
 from ..training.task import synchronise
 from .arguments import check_goal, check_setting, refuse_fp16, refuse_optimizer_instance
@@ -56,15 +57,17 @@ class LSGMixin:
     """
 
     def train_task(self, task: int, train_data, *, goal: float | None = None,
-                   growth: SparseGrowth | None = SparseGrowth(), pruning=None, **kwargs):
+                   growth: SparseGrowth | None = SparseGrowth(), pruning: Pruning | None = Pruning(), **kwargs):
         """Learn a task with learnable sparse growth; the other arguments are the base's.
 
         Args:
             goal: the accuracy goal on the monitored data (validation data when given, else the
                 training data), in [0, 1]: the task grows while it misses it. ``None``: never grow.
             growth: the masks' and growth's configuration, or ``None`` for the base's training.
-            pruning: the base's pruning after the masks are learned (``None``: the masks are the
-                sparsity, as in the papers).
+            pruning: the base's pruning after the masks are learned, compacting the task as CPG
+                does (keeping its steps while the goal holds), so that the units it does not need,
+                grown ones included, are left free for later tasks; ``None``: the masks alone are
+                the sparsity, as in the papers (see docs/lsg.md for why compacting is the default).
 
         Returns:
             a :class:`~eidetic.TaskReport` with ``goal``, ``goal_met``, ``attempts`` (one per
@@ -128,8 +131,8 @@ class LSGMixin:
                 session, _ = plan.build()
             attempts.append(session.monitored(plan.monitor))
             log.info("task %d: stage %d reaches %.4f (goal %s)", report.task, len(attempts), attempts[-1], goal)
-            if goal is None or attempts[-1] >= goal:
-                break
+            if goal is None or attempts[-1] >= goal or not (self._eidetic.frozen_tasks or growth.first_task):
+                break  # the first task grows only with first_task, as in CPG
             report.growth_stop = "the last growth step kept none of its candidates" if not useful else \
                 self._grow(growth, masks)
             if report.growth_stop is not None:

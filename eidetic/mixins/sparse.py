@@ -56,6 +56,10 @@ class SparseGrowth:
         select: learn the selective mask over the frozen weights a task reads (``False``:
             read them all).
         release: retrain the kernels that every task reading them masks out.
+        first_task: let the first task grow too (the papers' setting, from a seed network; raise
+            ``max_ratio`` for a seed much smaller than the network you want). ``False``: growth
+            starts with the second task, as in CPG, and the budget goes to the tasks that find
+            the network full.
 
     Example::
 
@@ -73,6 +77,7 @@ class SparseGrowth:
     groups: tuple[str, ...] | None = None
     select: bool = True
     release: bool = True
+    first_task: bool = False
 
     def __post_init__(self) -> None:
         c = self.candidates
