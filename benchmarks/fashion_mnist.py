@@ -150,7 +150,7 @@ def settings(config: dict, method: str) -> str:
              f"batch {config['batch_size']}", f"{config['epochs']} training epochs per task"]
     if method in BASELINES:
         return ", ".join(words) + "; nothing pruned, frozen or routed"
-    if method != "lsg" and config["pruning"] != "none":
+    if config["pruning"] != "none":
         share = ", each task pruned to at most its share of the free units" if config["share"] and \
             method == "eidetic" else ""
         words.append(f"{config['pruning'].upper()} pruning in steps of {config['prune_step']:g} of the units, "
@@ -159,9 +159,13 @@ def settings(config: dict, method: str) -> str:
         words.append(f"goal {config['goal']:g} on the training data, growth steps of {config['grow_step']:g} of the "
                      f"width up to {config['max_growth']:g}x the parameters, picking lr {config['pick_lr']:g}")
     if method == "lsg":
-        words.append(f"seed network at {config['seed_fraction']:g} of the width, goal {config['goal']:g}, "
-                     f"{config['candidates']:g}x the seed width in candidates per growth step, layers up to "
-                     f"{config['max_width']:g}x their seed width, mask lr {config['mask_lr']:g}")
+        seed = "the network as built" if config["seed_fraction"] == 1 else \
+            f"a seed of {config['seed_fraction']:g} of the width"
+        first = "the first task on" if config.get("grow_first_task") else "the second task on"
+        words.append(f"from {seed}, goal {config['goal']:g} on the training data, growth from {first} up to "
+                     f"{config['max_growth']:g}x the parameters, {config['candidates']:g}x the seed width in "
+                     f"candidates per growth step, layers up to {config['max_width']:g}x their seed width, mask lr "
+                     f"{config['mask_lr']:g}")
     words.append(f"router {config['router']}")
     return ", ".join(words)
 

@@ -61,6 +61,9 @@ def test_each_experiment_starts_on_synthetic_data(name, data, tmp_path):
     assert document["config"]["benchmark"] == EXPERIMENTS[name].benchmark
     assert document["config"]["tasks"] == EXPERIMENTS[name].tasks and document["config"]["first"] == 1
     assert document["config"]["epochs"] == 1 and len(document["results"]["matrix"]) == 1
+    if EXPERIMENTS[name].method == "lsg":  # the papers' seed of 1/8 grows from the first task, with room to
+        assert document["config"]["seed_fraction"] == 0.125 and document["config"]["grow_first_task"] is True
+        assert document["config"]["max_growth"] >= 64
     assert document["comparison"]["tasks"][0]["oracle"] is not None and done.comparison == document["comparison"]
     table = (tmp_path / COMPARISON).read_text()
     assert "Overridden for a quick look: --epochs 1, --tasks 1, --width 2" in table and "| 0 |" in table

@@ -231,6 +231,8 @@ _LIST = [
         _CIFAR100,
         (*_CPG_SETTINGS[:8], Setting("--goal", "0.95", "chosen"),
          Setting("--seed-fraction", "0.125", "papers (a seed of 1/8 of the width)"),
+         Setting("--grow-first-task", None, "papers (the seed grows from the first task on)"),
+         Setting("--max-growth", "64", "chosen: up to the full VGG16-BN, 63.8 times the seed's parameters"),
          Setting("--mask-lr", "5e-4", "papers")),
         figures=Figures(average=82.2, source="issue: CL-LSG 82.2 average; per task and model size not verified"),
         notes=("CL-LSG's optimizer, epochs and goal could not be verified; this uses CPG's training settings on the "
@@ -242,6 +244,9 @@ _LIST = [
          Setting("--momentum", "0.9", "chosen"), Setting("--batch-size", "64", "chosen"),
          Setting("--epochs", "100", "chosen"), Setting("--lr-milestones", "50 80", "chosen"),
          Setting("--goal", "0.95", "chosen"), Setting("--seed-fraction", "0.125", "papers"),
+         Setting("--grow-first-task", None, "papers (the seed grows from the first task on)"),
+         Setting("--max-growth", "100", "chosen: room for the full LeNet-5, 98.2 times the parameters of the seed "
+                 "of width 2 (--max-width 8 stops each layer at width 16)"),
          Setting("--mask-lr", "5e-4", "papers")),
         notes=("CL-LSG's settings and figures for this benchmark could not be verified.",)),
 ]
