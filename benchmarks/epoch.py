@@ -22,6 +22,12 @@ Run::
     python benchmarks/epoch.py                       # CPU, width 16, one thread: about 3 minutes
     python benchmarks/epoch.py --width 64 --device cuda --precision bf16 --channels-last --pipeline --workers 4
     python benchmarks/epoch.py --json epoch.json
+    python benchmarks/epoch.py --breakdown           # also epochs with the frozen-BatchNorm hook off
+
+``--breakdown`` says where the difference goes: every other eidetic epoch runs with the hook that
+keeps frozen BatchNorm channels on their statistics switched off (timing only: those epochs do
+not keep the guarantee), the rest of ``train_task`` (the guard, the NaN checks, the running
+metric) left as it is.
 """
 
 from __future__ import annotations
@@ -111,12 +117,17 @@ def sgd(params) -> torch.optim.Optimizer:
 
 
 class Interleave(eidetic.Callback):
-    """Times eidetic's epochs and runs one timed plain epoch after each."""
+    """Times eidetic's epochs and runs one timed plain epoch after each; with ``breakdown`` (the
+    network), every other eidetic epoch runs with the frozen-BatchNorm hook switched off."""
 
-    def __init__(self, plain: PlainLoop, device: str, warmup: int) -> None:
-        self.plain, self.device, self.warmup = plain, device, warmup
+    def __init__(self, plain: PlainLoop, device: str, warmup: int, breakdown: nn.Module | None = None) -> None:
+        self.plain, self.device, self.warmup, self.breakdown = plain, device, warmup, breakdown
+        self.switch = None
         self.seconds: dict[str, list[float]] = {"plain": [], "eidetic": []}
+        if breakdown is not None:
+            self.seconds["eidetic, frozen BatchNorm hook off"] = []
         self.epoch = 0
+        self.hook_on = True
         self.start = time.perf_counter()
 
     def on_epoch_end(self, task: int, stats: eidetic.EpochStats) -> None:
@@ -124,11 +135,35 @@ class Interleave(eidetic.Callback):
         eidetic_epoch = time.perf_counter() - self.start
         plain_epoch = self.plain.epoch()
         if self.epoch >= self.warmup:
-            self.seconds["eidetic"].append(eidetic_epoch)
+            self.seconds["eidetic" if self.hook_on else "eidetic, frozen BatchNorm hook off"].append(eidetic_epoch)
             self.seconds["plain"].append(plain_epoch)
         self.epoch += 1
+        if self.breakdown is not None and self.epoch >= self.warmup:
+            self.switch = self.switch or hook_switch(self.breakdown)  # the hooks' state of this task's session
+            self.hook_on = not self.hook_on
+            self.switch(self.hook_on)
         _sync(self.device)
         self.start = time.perf_counter()
+
+
+def hook_switch(net: eidetic.ContinualNetwork):
+    """``switch(on)``: the frozen-BatchNorm hook of every BatchNorm layer of ``net`` on or off, by
+    taking away the frozen statistics it reads (for timing only: off, the guarantee does not hold)."""
+    from eidetic.guarantee import norm
+
+    state = {m: m.__dict__[norm._ATTR] for m in net.modules() if norm._ATTR in m.__dict__}
+    if not state:
+        raise SystemExit("--breakdown: no BatchNorm layer holds frozen statistics (did eidetic.guarantee.norm "
+                         "change where it keeps them?)")
+
+    def switch(on: bool) -> None:
+        for module, frozen in state.items():
+            if on:
+                module.__dict__[norm._ATTR] = frozen
+            else:
+                module.__dict__.pop(norm._ATTR, None)
+
+    return switch
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -141,14 +176,15 @@ def measure(args: argparse.Namespace) -> dict:
                            pruning=eidetic.Pruning(step=args.prune, tolerance=0.99, max_steps=1, recovery_epochs=0),
                            precision=args.precision, progress=False, memory=0)
     loader = batches(args, args.seed + 1)
-    timer = Interleave(PlainLoop(plain, loader, args), args.device, args.warmup)
-    net.train_task(1, loader, num_classes=CLASSES, optimizer=sgd, epochs=args.warmup + args.epochs, pruning=None,
+    timer = Interleave(PlainLoop(plain, loader, args), args.device, args.warmup, net if args.breakdown else None)
+    epochs = args.warmup + args.epochs * (2 if args.breakdown else 1)
+    net.train_task(1, loader, num_classes=CLASSES, optimizer=sgd, epochs=epochs, pruning=None,
                    precision=args.precision, callbacks=[timer], progress=False, memory=0)
     seconds = timer.seconds
     median = {k: statistics.median(v) for k, v in seconds.items()}
     mean = {k: statistics.fmean(v) for k, v in seconds.items()}
     frozen = sum(first.units.values())
-    return {"epochs": len(seconds["plain"]), "seconds": seconds, "median": median, "mean": mean,
+    return {"epochs": len(seconds["eidetic"]), "seconds": seconds, "median": median, "mean": mean,
             "median_ratio": median["eidetic"] / median["plain"], "mean_ratio": mean["eidetic"] / mean["plain"],
             "frozen_units": frozen, "units": frozen + sum(first.free_units.values())}
 
@@ -158,7 +194,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16, help="first-stage channels (default: 16; the paper's 64)")
     parser.add_argument("--batch-size", type=int, default=128, help="samples per step (default: 128)")
     parser.add_argument("--steps", type=int, default=20, help="steps per epoch (default: 20)")
-    parser.add_argument("--epochs", type=int, default=5, help="timed epochs of each loop (default: 5)")
+    parser.add_argument("--epochs", type=int, default=10, help="timed epochs of each loop (default: 10)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs of each loop first (default: 1)")
     parser.add_argument("--prune", type=float, default=0.5,
                         help="fraction of units task 0 prunes, left free for task 1 (default: 0.5)")
@@ -168,6 +204,9 @@ def main() -> None:
     parser.add_argument("--pipeline", action="store_true",
                         help="serve uint8 images through the augmentation path instead of prebuilt tensors")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers with --pipeline (default: 0)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time every other eidetic epoch with the frozen-BatchNorm hook switched off "
+                             "(timing only: those epochs do not keep the guarantee)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
@@ -184,8 +223,9 @@ def main() -> None:
           f"{where}; torch {torch.__version__}; task 1 with {result['frozen_units']} of {result['units']} units "
           "frozen by task 0")
     rows = [("loop", "median s/epoch", "mean s/epoch")]
-    rows += [(k, f"{result['median'][k]:.3f}", f"{result['mean'][k]:.3f}") for k in ("plain", "eidetic")]
-    rows.append(("eidetic / plain", f"{result['median_ratio']:.3f}x", f"{result['mean_ratio']:.3f}x"))
+    rows += [(k, f"{result['median'][k]:.3f}", f"{result['mean'][k]:.3f}") for k in result["median"]]
+    rows += [(f"{k} / plain", f"{result['median'][k] / result['median']['plain']:.3f}x",
+              f"{result['mean'][k] / result['mean']['plain']:.3f}x") for k in result["median"] if k != "plain"]
     print(text_table(rows))
     if args.json:
         write_json(args.json, args, result)

@@ -254,8 +254,19 @@ def test_lsg_grows_from_a_seed_and_prints_the_parameters_per_task(capsys, tmp_pa
     assert type(loaded) is zoo.LSGMLP and {g.key: g.size for g in loaded.graph} == units
 
 
+def test_lsg_grows_the_first_task_from_a_seed_when_asked(capsys, tmp_path):
+    """``--grow-first-task``: the papers' setting, a seed of 1/4 growing from the first task on."""
+    code, _, err = run(capsys, "run", "--method", "lsg", "--goal", "1.0", "--width", "16", "--seed-fraction", "0.25",
+                       "--max-width", "2", "--max-growth", "4", "--grow-first-task", "--tasks", "1", "--epochs", "1",
+                       "--no-progress", "--no-plots", "--out", tmp_path)
+    assert code == 0, err
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["config"]["grow_first_task"] is True and document["results"]["reports"][0]["grown"]
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["run", "--goal", "0.9"], "argument --goal: only with --method cpg or lsg"),
+    (["run", "--method", "cpg", "--grow-first-task"], "argument --grow-first-task: only with --method lsg"),
     (["run", "--method", "cpg", "--mask-lr", "0.1"], "argument --mask-lr: only with --method lsg"),
     (["run", "--seed-fraction", "0.5"], "argument --seed-fraction: only with --method lsg"),
     (["run", "--method", "lsg", "--pick-lr", "1e-3"], "argument --pick-lr: only with --method cpg"),

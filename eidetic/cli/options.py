@@ -17,7 +17,7 @@ PRUNING_METHODS = ("l1", "l2", "taylor", "random", "activation", "none")
 METHOD_OPTIONS = {
     "cpg": {"goal": 0.95, "grow_step": 0.25, "max_growth": 1.5, "pick_lr": 1e-4},
     "lsg": {"goal": 0.95, "max_growth": 1.5, "seed_fraction": 1.0, "candidates": 1.0, "max_width": 8.0,
-            "mask_lr": 5e-4},
+            "mask_lr": 5e-4, "grow_first_task": False},
 }
 """The options of each method, with their defaults (``--goal`` and the budget ``--max-growth`` are both
 methods')."""
@@ -251,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: 1.0)")
     method.add_argument("--max-width", type=_float_in(1, 1000), default=None,
                         help="lsg: a layer grows to at most this many times its seed width (default: 8.0)")
+    method.add_argument("--grow-first-task", action="store_const", const=True, default=None,
+                        help="lsg: let the first task grow too, as the papers do from their seed of 1/8 (give "
+                             "--max-growth room for it) (default: growth starts with the second task, as cpg's)")
     method.add_argument("--mask-lr", type=_float_in(0, 10, low_open=True), default=None,
                         help="lsg: Adam learning rate of the masks (default: 5e-4, the papers'; short runs then "
                              "keep nearly every kernel and candidate)")
@@ -348,6 +351,7 @@ class Config:
     precision: str | None = None
     channels_last: bool = False
     first: int | None = None  # train only the first tasks of the benchmark (eidetic reproduce --tasks)
+    grow_first_task: bool | None = None  # lsg: the first task grows too (SparseGrowth(first_task=True))
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dictionary."""

@@ -174,7 +174,8 @@ def _method_arguments(config: Config) -> dict:
                 "picking": Picking(lr=config.pick_lr)}
     if config.method == "lsg":
         return {"goal": config.goal, "growth": SparseGrowth(candidates=config.candidates, max_width=config.max_width,
-                                                            mask_lr=config.mask_lr, max_ratio=config.max_growth)}
+                                                            mask_lr=config.mask_lr, max_ratio=config.max_growth,
+                                                            first_task=config.grow_first_task)}
     return {}
 
 

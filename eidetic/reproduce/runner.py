@@ -70,8 +70,7 @@ def reproduce(name: str, data_dir: str | Path, out: str | Path, *, epochs: int |
     overrides = {k: v for k, v in (("epochs", epochs), ("tasks", tasks), ("width", width)) if v is not None}
     if tasks is not None and not 1 <= tasks <= chosen.tasks:
         raise ValueError(f"--tasks: {name} has {chosen.tasks} tasks; keep 1 to {chosen.tasks} of them, got {tasks}")
-    words = chosen.command(str(data_dir))[1:]
-    words += [w for k in ("epochs", "width") if k in overrides for w in (f"--{k}", str(overrides[k]))]
+    words = chosen.command(str(data_dir), {k: v for k, v in overrides.items() if k != "tasks"})[1:]
     words += [*run_options, "--out", str(out)]
     args = build_parser().parse_args(words)
     config = resolve(args, args.error)
