@@ -12,7 +12,7 @@ from .guarantee import widening
 from .guarantee.lifecycle import make_guard
 from .state import Network, device, forget, reference_tensor, synthetic_example
 
-FORMAT = 1
+FORMAT = 2  # 2: eras computed in blocks; format 1 (eras replayed) still loads
 
 
 def extra_state(net: Network) -> dict:
@@ -40,7 +40,7 @@ def extra_state(net: Network) -> dict:
 def load_extra_state(net: Network, extra: dict) -> None:
     """Rebuild the network's continual state from :func:`extra_state`'s dict: set it up (or widen
     it) to the checkpoint's architecture and re-create its heads, before the tensors load."""
-    if not isinstance(extra, dict) or extra.get("format") != FORMAT:
+    if not isinstance(extra, dict) or extra.get("format") not in (1, FORMAT):
         raise CheckpointError(f"unknown eidetic checkpoint format {extra!r:.80}")
     state = net._eidetic
     if "input_shape" not in extra:

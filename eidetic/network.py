@@ -139,7 +139,7 @@ class ContinualNetwork(nn.Module):
 
         With ``data`` (the task's training data), also record what the routers need: the
         task's feature and input statistics and ``memory`` exemplars (``train_task`` does this
-        for you; :meth:`recycle` then refits the learned router).
+        for you).
 
         Example::
 
@@ -156,9 +156,9 @@ class ContinualNetwork(nn.Module):
         return counts
 
     def recycle(self) -> int:
-        """Re-initialise every free unit (pruned or unused) for the next task, then, when every
-        finished task has exemplars, fit the learned router through them (:meth:`fit_router`);
-        returns how many units were re-initialised.
+        """Re-initialise every free unit (pruned or unused) for the next task; returns how many
+        units were re-initialised. The learned router, trained through them, is fitted again
+        when ``predict`` next needs it.
 
         Example::
 
@@ -168,9 +168,7 @@ class ContinualNetwork(nn.Module):
         if self.open_task is not None:
             raise TaskError(f"task {self.open_task} is still open: freeze({self.open_task}) it first")
         require_graph(self)
-        count = lifecycle.release_free_units(self)
-        prediction.refit(self)
-        return count
+        return lifecycle.release_free_units(self)
 
     def widen(self, units: dict[str, int]) -> dict[str, int]:
         """Add free units to unit groups, between tasks; returns the new size of every group.
@@ -191,9 +189,7 @@ class ContinualNetwork(nn.Module):
         if self.open_task is not None:
             raise TaskError(f"task {self.open_task} is still open: freeze({self.open_task}) and recycle() "
                             "before widening")
-        sizes = widening.widen(self, units, recycle=True)
-        prediction.refit(self)
-        return sizes
+        return widening.widen(self, units, recycle=True)
 
     # ------------------------------------------------------------------ inference (eidetic.inference)
 

@@ -72,6 +72,7 @@ class State:
         self.inputs = AlignedInputs(self.layers)
         self.initial_sizes = {g.key: g.size for g in graph}
         self.initial_parameters = parameters
+        self.routers.set_up(self.input_shape, self.input_dtype)
 
     def forget(self) -> None:
         """Take off the hooks this state put on the layers (set-up is being undone)."""

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from eidetic import cli, zoo
-from eidetic.datasets import load_benchmark, write_idx
+from eidetic.datasets import load_benchmark, synthetic, write_idx
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
@@ -229,17 +229,21 @@ def test_cpg_picking_keeps_the_accuracy_matrix_flat(capsys, tmp_path):
 
 
 def test_lsg_grows_from_a_seed_and_prints_the_parameters_per_task(capsys, tmp_path):
-    """``eidetic run --method lsg``: the MLP is built at 1/4 of --width 16, grows while a task
-    misses the goal (1.0 on the training data: always), and every task line gives the parameters."""
+    """``eidetic run --method lsg``: the MLP is built at 1/4 of --width 16; the second task grows
+    while it misses the goal (1.0 on the training data: always), within the budget (--max-growth)
+    and the width cap (--max-width), is compacted as CPG's tasks are, and every task line gives
+    the parameters."""
     code, out, err = run(capsys, "run", "--method", "lsg", "--goal", "1.0", "--width", "16", "--seed-fraction", "0.25",
-                         "--max-width", "3", "--mask-lr", "0.01", *QUICK, "--no-plots", "--out", tmp_path)
+                         "--max-width", "3", "--max-growth", "4", "--mask-lr", "0.01", *QUICK, "--no-plots",
+                         "--out", tmp_path)
     assert code == 0, err
-    assert "method lsg (goal 1)" in out and "pruning none (learned masks)" in out
+    assert "method lsg (goal 1)" in out and "pruning l2" in out
     document = json.loads((tmp_path / "results.json").read_text())
     assert document["model"]["method"] == "lsg" and document["model"]["width"] == 4
     assert document["config"]["max_width"] == 3.0 and document["config"]["mask_lr"] == 0.01
+    assert document["config"]["max_growth"] == 4.0
     reports = document["results"]["reports"]
-    assert reports[0]["grown"] and reports[0]["prune_steps"] == []
+    assert reports[0]["grown"] == {} and reports[1]["grown"]  # the first task does not grow, as in CPG
     for k, report in enumerate(reports):
         assert f"task {k + 1}/2" in out and f"{report['parameters']:,} parameters" in out
     units = {row["group"]: row["total"] for row in document["capacity"]["layers"]}
@@ -250,8 +254,19 @@ def test_lsg_grows_from_a_seed_and_prints_the_parameters_per_task(capsys, tmp_pa
     assert type(loaded) is zoo.LSGMLP and {g.key: g.size for g in loaded.graph} == units
 
 
+def test_lsg_grows_the_first_task_from_a_seed_when_asked(capsys, tmp_path):
+    """``--grow-first-task``: the papers' setting, a seed of 1/4 growing from the first task on."""
+    code, _, err = run(capsys, "run", "--method", "lsg", "--goal", "1.0", "--width", "16", "--seed-fraction", "0.25",
+                       "--max-width", "2", "--max-growth", "4", "--grow-first-task", "--tasks", "1", "--epochs", "1",
+                       "--no-progress", "--no-plots", "--out", tmp_path)
+    assert code == 0, err
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["config"]["grow_first_task"] is True and document["results"]["reports"][0]["grown"]
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["run", "--goal", "0.9"], "argument --goal: only with --method cpg or lsg"),
+    (["run", "--method", "cpg", "--grow-first-task"], "argument --grow-first-task: only with --method lsg"),
     (["run", "--method", "cpg", "--mask-lr", "0.1"], "argument --mask-lr: only with --method lsg"),
     (["run", "--seed-fraction", "0.5"], "argument --seed-fraction: only with --method lsg"),
     (["run", "--method", "lsg", "--pick-lr", "1e-3"], "argument --pick-lr: only with --method cpg"),
@@ -276,6 +291,15 @@ def test_lsg_grows_from_a_seed_and_prints_the_parameters_per_task(capsys, tmp_pa
     (["run", "--tolerance", "1"], "must be in [0, 1)"),
     (["run", "--batch-size", "1"], "must be at least 2"),
     (["run", "--device", "toaster"], "not a torch device"),
+    (["run", "--benchmark", "split-cifar100", "--tasks", "7"], "split-cifar100 takes 5, 10 or 20 tasks"),
+    (["run", "--benchmark", "cifar100-superclasses", "--tasks", "21"], "cifar100-superclasses has 20 tasks"),
+    (["run", "--image-size", "64"], "argument --image-size: only with --benchmark split-imagenette"),
+    (["run", "--momentum", "0.5"], "argument --momentum: only with --optimizer sgd"),
+    (["run", "--optimizer", "sgd", "--momentum", "0", "--nesterov"], "Nesterov momentum needs --momentum"),
+    (["run", "--channels-last"], "argument --channels-last: mlp reads no images"),
+    (["run", "--method", "cpg", "--precision", "fp16"], "use bf16"),
+    (["run", "--precision", "fp8"], "invalid choice: 'fp8'"),
+    (["run", "--workers", "-1"], "must be at least 0"),
     (["run", "--unknown"], "unrecognized arguments"),
     ([], "required: command"),
 ])
@@ -322,3 +346,67 @@ def test_python_dash_m():
     done = subprocess.run([sys.executable, "-m", "eidetic", "--version"], capture_output=True, text=True,
                           cwd=Path(__file__).parent, timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("eidetic ")
+
+
+# ------------------------------------------------------------------ image benchmarks, GPU options
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar10(tmp_path_factory) -> Path:
+    return synthetic.write_cifar(tmp_path_factory.mktemp("cifar"), "cifar10", train_per_class=8, test_per_class=4)
+
+
+def test_split_cifar10_with_resnet18_cifar_end_to_end(capsys, tmp_path, tiny_cifar10):
+    """The issue's command, on a tiny synthetic CIFAR-10."""
+    code, out, err = run(capsys, "run", "--benchmark", "split-cifar10", "--data-dir", tiny_cifar10, "--model",
+                         "resnet18-cifar", "--width", "8", "--epochs", "1", "--no-plots", "--out", tmp_path / "O",
+                         "--no-progress")
+    assert code == 0, err
+    document = json.loads((tmp_path / "O" / "results.json").read_text())
+    assert document["config"]["benchmark"] == "split-cifar10" and document["model"]["model"] == "resnet18-cifar"
+    assert document["benchmark"]["input_shape"] == [3, 32, 32] and len(document["results"]["matrix"]) == 5
+    assert document["results"]["bwt"] == 0.0 and document["logits_identical"] is True
+    assert "random 32x32 crop" in document["benchmark"]["preprocessing"]["train"]
+    assert "train: random 32x32 crop" in out
+
+
+def test_gpu_path_options_are_recorded_and_keep_the_guarantee(capsys, tmp_path, tiny_cifar10):
+    """bf16 autocast, channels-last, a worker process and SGD with a schedule, on the CPU."""
+    code, out, err = run(capsys, "run", "--benchmark", "split-cifar10", "--data-dir", tiny_cifar10, "--model",
+                         "resnet18-cifar", "--width", "4", *QUICK, "--no-plots", "--precision", "bf16",
+                         "--channels-last", "--workers", "1", "--optimizer", "sgd", "--nesterov", "--lr", "0.05",
+                         "--lr-milestones", "1", "--weight-decay", "1e-4", "--early-stopping", "2", "--no-augment",
+                         "--out", tmp_path)
+    assert code == 0, err
+    config = json.loads((tmp_path / "results.json").read_text())["config"]
+    assert (config["precision"], config["channels_last"], config["workers"], config["pin_memory"]) == (
+        "bf16", True, 1, False)
+    assert (config["optimizer"], config["momentum"], config["nesterov"], config["weight_decay"]) == (
+        "sgd", 0.9, True, 1e-4)
+    assert config["lr_milestones"] == [1] and config["early_stopping"] == 2 and config["augment"] is False
+    assert "bf16 autocast, channels-last, 1 worker(s)" in out and "no augmentation" in out
+    assert "bitwise identical to when it was learnt: yes" in out
+    args = cli.build_parser().parse_args(["run"])
+    assert (cli.resolve(args, args.error).optimizer, cli.resolve(args, args.error).weight_decay) == ("adamw", 0.01)
+
+
+def test_fashion_mnist_and_imagenette_runs(capsys, tmp_path):
+    fashion = synthetic.write_mnist(tmp_path / "fashion", train_per_class=6, test_per_class=3)
+    code, _, err = run(capsys, "run", "--benchmark", "permuted-fashion-mnist", "--data-dir", fashion, "--width", "16",
+                       *QUICK, "--no-plots", "--out", tmp_path / "f")
+    assert code == 0, err
+    assert json.loads((tmp_path / "f" / "results.json").read_text())["benchmark"]["tasks"][1]["train_samples"] == 60
+    nette = synthetic.write_imagenette(tmp_path / "nette", classes=2, train_per_class=4, val_per_class=2, size=40)
+    code, _, err = run(capsys, "run", "--benchmark", "split-imagenette", "--data-dir", nette, "--tasks", "1",
+                       "--image-size", "32", "--width", "4", "--epochs", "1", "--no-progress", "--no-plots",
+                       "--out", tmp_path / "i")
+    assert code == 0, err
+    document = json.loads((tmp_path / "i" / "results.json").read_text())
+    assert document["model"]["model"] == "resnet18" and document["benchmark"]["input_shape"] == [3, 32, 32]
+
+
+def test_a_missing_cifar_folder_says_where_and_how(capsys, tmp_path):
+    code, _, err = run(capsys, "run", "--benchmark", "cifar100-superclasses", "--data-dir", tmp_path / "none",
+                       "--out", tmp_path / "o")
+    assert code == 1 and str(tmp_path / "none") in err and "cifar-100-python" in err and "--download" in err
+    assert "Traceback" not in err

@@ -12,6 +12,7 @@ Run a deeper search with ``pytest tests/test_cpg.py --hypothesis-profile=deep``.
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -38,7 +39,8 @@ _CPG = {family: type(f"CPG{family.__name__}", (eidetic.CPGMixin, family), {})
 
 goals = st.sampled_from([1.0, 0.0, None])  # impossible (random labels): growth; met at once; none
 cpg_tasks = st.lists(st.tuples(goals, st.integers(2, 3), st.sampled_from([1, 2])), min_size=2, max_size=4)
-growings = st.builds(eidetic.Growing, step=st.sampled_from([1, 2, 0.5]), max_ratio=st.sampled_from([3.0, 1.3]))
+growings = st.just(eidetic.Growing()) | st.builds(eidetic.Growing, step=st.sampled_from([1, 2, 0.5]),
+                                                  max_ratio=st.sampled_from([3.0, 1.3]))
 pickings = st.none() | st.builds(eidetic.Picking, lr=st.sampled_from([1e-4, 1e-2]))
 prunings = st.none() | st.builds(eidetic.Pruning, step=st.sampled_from([0.34, 0.5]), max_steps=st.integers(1, 2),
                                  recovery_epochs=st.integers(0, 1))
@@ -142,13 +144,14 @@ def test_growth_happens_when_the_goal_cannot_be_met(caplog):
     assert report.goal_met is False and len(report.attempts) > 1
     assert max(report.attempts) < 1.0 and report.attempts[report.kept_attempt] == max(report.attempts)
     assert _sizes(net) == {k: 8 + report.grown.get(k, 0) for k in ("fc1", "fc2")}
-    assert "goal 1.0000 missed at the maximum width" in caplog.text
+    assert report.growth_stop.startswith("budget: the body has") and "1.5x its" in report.growth_stop
+    assert f"goal 1.0000 missed (best metric {max(report.attempts):.4f}; {report.growth_stop})" in caplog.text
     assert report.parameters == net.parameter_count()
 
 
 def test_growth_stops_at_the_budget():
     """With a metric that rises with the width, the last attempt is kept: the widest within the
-    budget, one step short of going past it."""
+    budget, where not one more unit of any group fits."""
     torch.manual_seed(0)
     net = Net()
     _train(net, 0, goal=0.0)
@@ -158,14 +161,18 @@ def test_growth_stops_at_the_budget():
 
     report = _train(net, 1, goal=1.0, metric=wider_is_better, growing=eidetic.Growing(step=1, max_ratio=1.5))
     assert report.kept_attempt == len(report.attempts) - 1 > 0
-    assert report.grown == {"fc1": len(report.attempts) - 1, "fc2": len(report.attempts) - 1}
+    assert report.grown["fc2"] == len(report.attempts) - 1 >= report.grown["fc1"] > 0
+    assert report.growth_stop.startswith("budget")
 
     def body():
         return sum(p.numel() for n, p in net.named_parameters() if not n.startswith("heads."))
 
     assert body() <= 1.5 * net._eidetic.initial_parameters
-    net.widen({"fc1": 1, "fc2": 1})  # one more step goes past the budget
-    assert body() > 1.5 * net._eidetic.initial_parameters
+    for group in ("fc1", "fc2"):  # one more unit of either goes past the budget
+        wider = copy.deepcopy(net)
+        wider.widen({group: 1})
+        assert sum(p.numel() for n, p in wider.named_parameters() if not n.startswith("heads.")) \
+            > 1.5 * net._eidetic.initial_parameters
 
 
 def test_the_first_task_does_not_grow():

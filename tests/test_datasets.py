@@ -272,3 +272,59 @@ def test_load_benchmark_by_name(tmp_path):
     sequential = load_benchmark("sequential-mnist", tasks=2, data_dir=tmp_path)
     assert sequential.input_shape == (28, 28) and sequential.classes == [[0, 1], [2, 3]]
     assert datasets.default_tasks("sequential-digits") == 5
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST
+
+SHARED_FASHION = Path("/work/shared/data/fashion-mnist")
+
+
+def write_labelled_fashion(folder: Path, train: int = 40, test: int = 20) -> None:
+    """Fashion-MNIST-like IDX files, each image's pixel (0, 0) its label times 20, the rest random."""
+    gen = torch.Generator().manual_seed(0)
+    for prefix, n in (("train", train), ("t10k", test)):
+        labels = (torch.arange(n) * 3 % 10).to(torch.uint8)
+        images = torch.randint(0, 256, (n, 28, 28), generator=gen, dtype=torch.uint8)
+        images[:, 0, 0] = labels * 20
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+
+
+def test_split_fashion_mnist_groups_pairs_of_classes_and_stays_uint8(tmp_path):
+    write_labelled_fashion(tmp_path / "FashionMNIST" / "raw")  # torchvision's layout
+    bench = load_benchmark("split-fashion-mnist", data_dir=tmp_path)
+    assert bench.classes == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]] and bench.input_shape == (1, 28, 28)
+    assert bench.train[0].images.dtype == torch.uint8 and "Fashion-MNIST" in bench.source
+    for k, test in enumerate(bench.test):
+        for i in range(len(test)):
+            x, y = test[i]
+            assert x.dtype == torch.float32 and x.shape == (1, 28, 28) and x.min() >= 0 and x.max() <= 1
+            assert type(y) is int and round(float(x[0, 0, 0]) * 255) == 20 * bench.classes[k][y]
+    assert sum(len(t) for t in bench.train) == 40
+
+
+def test_permuted_fashion_mnist_permutes_every_task_but_the_first(tmp_path):
+    write_labelled_fashion(tmp_path)
+    bench = load_benchmark("permuted-fashion-mnist", tasks=3, data_dir=tmp_path, seed=1)
+    data = datasets.load_fashion_mnist(tmp_path)
+    assert len(bench) == 3 and bench.num_classes == [10] * 3
+    for k in range(3):
+        x, y = bench.train[k][5]
+        original = data.x_train[5].float() / 255
+        assert torch.equal(x.flatten(), original.flatten()[bench.permutations[k]]) and y == int(data.y_train[5])
+    assert torch.equal(bench.permutations[0], torch.arange(784))
+    assert len({t.images.data_ptr() for t in bench.train}) == 1  # one uint8 copy, permuted batch by batch
+
+
+def test_fashion_mnist_errors_name_the_layout(tmp_path):
+    with pytest.raises(FileNotFoundError, match="needs Fashion-MNIST"):
+        load_benchmark("split-fashion-mnist")
+    with pytest.raises(FileNotFoundError, match=r"no Fashion-MNIST files found.*FashionMNIST/raw.*--download"):
+        load_benchmark("split-fashion-mnist", data_dir=tmp_path)
+
+
+@pytest.mark.skipif(not SHARED_FASHION.is_dir(), reason="the offline Fashion-MNIST is not on this machine")
+def test_the_real_fashion_mnist():
+    bench = load_benchmark("split-fashion-mnist", data_dir=SHARED_FASHION)
+    assert sum(len(t) for t in bench.train) == 60000 and sum(len(t) for t in bench.test) == 10000
+    assert bench.train[0].images.dtype == torch.uint8 and bench.train[0].images.shape == (60000, 1, 28, 28)

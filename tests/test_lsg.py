@@ -30,7 +30,8 @@ goals = st.sampled_from([1.0, 0.0, None])  # impossible (random labels): growth 
 lsg_tasks = st.lists(st.tuples(goals, st.integers(2, 3), st.sampled_from([1, 2])), min_size=2, max_size=4)
 growths = st.builds(eidetic.SparseGrowth, candidates=st.sampled_from([1, 2, 0.5]),
                     max_width=st.sampled_from([2.0, 3.0]), mask_lr=st.sampled_from([5e-4, 1.0]),
-                    penalty=st.sampled_from([1e-4, 0.5]), select=st.booleans(), release=st.booleans())
+                    penalty=st.sampled_from([1e-4, 0.5]), select=st.booleans(), release=st.booleans(),
+                    max_ratio=st.sampled_from([1.5, 4.0, 100.0]), first_task=st.booleans())
 
 
 def _loader(shape, classes, t, n=24):
@@ -60,6 +61,8 @@ def lsg_and_check(family, spec, optimizer, tasks, growth, seed, device=torch.dev
         states.append(unit_state(net))
         for group in net.graph:
             assert group.size <= math.floor(growth.max_width * seed_sizes[group.key])
+        body = sum(p.numel() for name, p in net.named_parameters() if not name.startswith("heads."))
+        assert body <= growth.max_ratio * net._eidetic.initial_parameters  # the budget, never exceeded
 
 
 @given(spec=mlp_specs(), optimizer=optimizers(), tasks=lsg_tasks, growth=growths, seed=st.integers(0, 2**16))
@@ -125,7 +128,8 @@ def _sizes(net):
 def test_a_seed_too_small_grows_and_stops_once_the_goal_is_met():
     torch.manual_seed(0)
     net = Net(width=1)
-    growth = eidetic.SparseGrowth(candidates=4, max_width=40.0)
+    growth = eidetic.SparseGrowth(candidates=4, max_width=40.0, max_ratio=1000.0,  # the width binds, not the budget
+                                  first_task=True)
     before = net.parameter_count()
     report = _train(net, 0, goal=0.9, growth=growth)
     assert report.attempts[0] < 0.9 <= report.attempts[-1], report.attempts
@@ -151,7 +155,8 @@ def test_candidates_whose_gate_closed_leave_no_width_behind(penalty, mask_lr):
     them: the width is the seed plus what the report says was grown, to the unit."""
     torch.manual_seed(0)
     net = Net(width=1)
-    growth = eidetic.SparseGrowth(candidates=3, max_width=4.0, penalty=penalty, mask_lr=mask_lr)
+    growth = eidetic.SparseGrowth(candidates=3, max_width=4.0, penalty=penalty, mask_lr=mask_lr,
+                                  max_ratio=100.0, first_task=True)  # the width binds, not the budget
     report = _train(net, 0, goal=1.0, growth=growth)
     assert _sizes(net) == {key: 1 + report.grown.get(key, 0) for key in ("fc1", "fc2")}
     if penalty > 1:
@@ -220,11 +225,11 @@ def test_released_kernels_are_retrained_and_no_task_moves():
     net = Net(width=6)
     x = _separable(9)[:][0]
     strong = eidetic.SparseGrowth(penalty=0.01, mask_lr=0.1)
-    _train(net, 0, growth=strong)
+    _train(net, 0, growth=strong, pruning=None)  # every unit frozen: only released kernels can move
     mask = net._eidetic.masks.masks[0]["fc2.weight"].expand_as(net.fc2.weight)
     assert not bool(mask.all()), "the attentive mask zeroed no kernel"
     weights, before = net.fc2.weight.detach().clone(), all_logits(net, x)
-    report = _train(net, 1, growth=eidetic.SparseGrowth(mask_lr=0.3))
+    report = _train(net, 1, growth=eidetic.SparseGrowth(mask_lr=0.3), pruning=None)
     assert report.released.get("fc2", 0) > 0
     released = net._eidetic.masks.entry_owner["fc2.weight"] == 1
     assert bool(released.any()) and not bool((released & mask).any())
@@ -265,9 +270,11 @@ def test_gumbel_sigmoid_is_binary_deterministic_in_evaluation_and_has_the_relaxe
 def test_a_checkpoint_loads_into_a_fresh_seed_width_instance():
     torch.manual_seed(0)
     net = Net(width=1)
-    grow = eidetic.SparseGrowth(candidates=3, max_width=6.0)
+    grow = eidetic.SparseGrowth(candidates=3, max_width=6.0, max_ratio=100.0,  # the width binds, not the budget
+                                first_task=True)
     _train(net, 0, goal=0.9, growth=grow)
-    _train(net, 1, goal=0.9, growth=eidetic.SparseGrowth(candidates=3, max_width=6.0, penalty=0.2, mask_lr=0.3))
+    _train(net, 1, goal=0.9, growth=eidetic.SparseGrowth(candidates=3, max_width=6.0, penalty=0.2, mask_lr=0.3,
+                                                          max_ratio=100.0))
     _train(net, 2, goal=1.0, growth=grow)
     assert _sizes(net) != {"fc1": 1, "fc2": 1}
     x = _separable(9)[:][0]
@@ -342,7 +349,7 @@ def test_a_failing_task_undoes_its_growth_and_its_releases():
     _train(net, 0, growth=eidetic.SparseGrowth(penalty=0.2, mask_lr=0.3))
     saved, sizes, masks = _state(net), _sizes(net), dict(net._eidetic.masks.masks)
     with pytest.raises(RuntimeError, match="boom"):
-        _train(net, 1, goal=1.0, epochs=2, callbacks=[_Boom()])
+        _train(net, 1, goal=1.0, epochs=2, callbacks=[_Boom()], growth=eidetic.SparseGrowth(max_ratio=100.0))
     now = _state(net)
     assert all(torch.equal(now[k], saved[k]) for k in saved) and now.keys() == saved.keys()
     assert _sizes(net) == sizes and net.num_tasks == 1 and net._eidetic.masks.masks.keys() == masks.keys()

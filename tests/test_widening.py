@@ -380,6 +380,57 @@ def test_era_outputs_have_the_gradient_of_what_the_forward_computes():
         assert torch.autograd.gradcheck(lambda inp, k=task: net.logits(inp, k), (x,))
 
 
+def test_a_layer_computed_in_blocks_has_the_gradient_of_the_whole_layer():
+    """Two widenings with frozen units in between: the widened convolution and Linear layer are
+    computed in blocks (eras.Blocks), which never read the weights of frozen units on inputs
+    added after they froze (those weights are cut to 0). Their outputs and the gradients of their
+    inputs and of every weight they read match the whole layer computed in one piece (the sums run
+    in another order, so within double-precision rounding); the weights they do not read get no
+    gradient; gradcheck confirms the weight gradient by finite differences."""
+    from eidetic.graph.layers import substituted
+    from eidetic.guarantee.eras import Blocks, paused
+
+    torch.manual_seed(0)
+    net = Small()
+    _train(net, 0)
+    net.widen({"conv1": 2, "fc": 2})
+    _train(net, 1)
+    net.widen({"conv1": 1, "conv2": 2, "fc": 1})
+    net.double().eval()
+    x = _data(9, n=3)[:][0].double()
+    for name, inputs in (("conv2", torch.randn(3, net.conv2.in_channels, 6, 6)), ("fc", None)):
+        layer = getattr(net, name)
+        assert isinstance(layer.__dict__.get("forward"), Blocks), f"{name} is not computed in blocks"
+        if inputs is None:
+            inputs = torch.randn(3, layer.in_features)
+        inputs = inputs.double().requires_grad_()
+        weight = layer.weight.detach().clone().requires_grad_()
+
+        def blocked(inp, w, layer=layer):
+            with substituted(layer, {"weight": w}):
+                return layer(inp)
+
+        def whole(inp, w, layer=layer):
+            with paused(), substituted(layer, {"weight": w}):
+                return layer(inp)
+
+        read = torch.zeros(weight.shape[:2], dtype=torch.bool)
+        for step in layer.forward.steps:
+            read[step.rows[:, None], step.inputs[None, :]] = True
+        read = read.view(*read.shape, *[1] * (weight.dim() - 2)).expand_as(weight)
+        assert not read.all() and bool((layer.weight[~read] == 0).all())  # unread: frozen rows' cut entries
+        out_blocked, out_whole = blocked(inputs, weight), whole(inputs, weight)
+        assert torch.allclose(out_blocked, out_whole, rtol=0, atol=1e-12)
+        v = torch.randn_like(out_whole)
+        (x_blocked, w_blocked) = torch.autograd.grad((out_blocked * v).sum(), (inputs, weight))
+        (x_whole, w_whole) = torch.autograd.grad((out_whole * v).sum(), (inputs, weight))
+        assert torch.allclose(x_blocked, x_whole, rtol=0, atol=1e-12)
+        assert torch.allclose(w_blocked[read], w_whole[read], rtol=0, atol=1e-12)
+        assert bool((w_blocked[~read] == 0).all())
+        assert torch.autograd.gradcheck(blocked, (inputs[:1].detach().requires_grad_(), weight))
+    assert net(x).shape[0] == 3
+
+
 @given(spec=recurrent_specs, optimizer=optimizers(), plans=runs, seed=seeds, amounts=amounts)
 @examples
 def test_widened_recurrent_net_never_forgets(spec, optimizer, plans, seed, amounts):

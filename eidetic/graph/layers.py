@@ -74,6 +74,10 @@ class LayerSpec:
             its number of units or input positions (``out_features``, ``in_channels``...),
             updated when the network is widened; ``None`` (the default for a registered layer)
             means the layer cannot be widened, ``()`` that it has no such attribute.
+        additive: the layer's output is its bias plus a sum over input positions of what each
+            contributes through ``in_tensor`` (``nn.Linear``, ungrouped convolutions), so that a
+            widened layer can be computed in blocks of units and inputs (see
+            :mod:`eidetic.guarantee.eras`); other layers replay their earlier shapes in full.
     """
 
     out_tensors: tuple[tuple[str, int], ...]
@@ -85,6 +89,7 @@ class LayerSpec:
     passthrough: bool = False
     score_tensors: tuple[str, ...] = ("weight",)
     size_attributes: tuple[tuple[str, str], ...] | None = None
+    additive: bool = False
 
     def out_dim_of(self, name: str) -> int:
         """The unit dimension of tensor ``name`` among ``out_tensors``."""
@@ -334,7 +339,7 @@ def register_layer(layer_type: type[nn.Module], spec: SpecFn | LayerSpec) -> Non
 def _linear(m: nn.Linear) -> LayerSpec:
     outs = (("weight", 0),) + ((("bias", 0),) if m.bias is not None else ())
     return LayerSpec(outs, in_tensor="weight", in_dim=1, out_unit_dim=-1, in_unit_dim=-1,
-                     size_attributes=(("out_features", "out"), ("in_features", "in")))
+                     size_attributes=(("out_features", "out"), ("in_features", "in")), additive=True)
 
 
 def _conv(m: nn.modules.conv._ConvNd) -> LayerSpec:
@@ -344,7 +349,7 @@ def _conv(m: nn.modules.conv._ConvNd) -> LayerSpec:
         return LayerSpec(outs, passthrough=True,
                          size_attributes=(("out_channels", "out"), ("in_channels", "out"), ("groups", "out")))
     sizes = (("out_channels", "out"), ("in_channels", "in")) if m.groups == 1 else None
-    return LayerSpec(outs, in_tensor="weight", in_dim=1, groups=m.groups, size_attributes=sizes)
+    return LayerSpec(outs, in_tensor="weight", in_dim=1, groups=m.groups, size_attributes=sizes, additive=m.groups == 1)
 
 
 def _batchnorm(m: nn.modules.batchnorm._BatchNorm) -> LayerSpec:

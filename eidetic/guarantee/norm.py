@@ -36,7 +36,10 @@ def _frozen_batchnorm_hook(module: nn.Module, args, output):
     index = mean.index
     frozen = F.batch_norm(args[0].index_select(1, index), mean.values, var.values, weight, bias,
                           False, 0.0, module.eps)
-    return output.index_copy(1, index, frozen)  # out of place: a compiled BatchNorm may keep its output for backward
+    # Out of place (a compiled BatchNorm may keep its output for backward), in the output's memory
+    # format: a channels-last output must stay channels-last, or the layers after it reduce in
+    # another order in training mode than in evaluation mode.
+    return output.clone().index_copy_(1, index, frozen)
 
 
 class FrozenNorms:

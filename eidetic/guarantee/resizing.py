@@ -17,6 +17,7 @@ cannot resize it) is refused before a tensor changes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -171,6 +172,22 @@ def _grown_sizes(layers: Layers, graph: UnitGraph, added: dict[str, int], name: 
         if group.key in added:
             inputs += new_positions(layers, group, slot, added[group.key])
     return spec.widened_positions(module, n), spec.unit_count(module) + n, inputs
+
+
+def parameter_growth(layers: Layers, graph: UnitGraph, added: dict[str, int]) -> int:
+    """The parameter entries that widening the groups of ``added`` would add to the body, exactly,
+    without widening: every touched layer's parameters at the shapes :func:`resize_body` gives them."""
+    growth = 0
+    for name in touched(graph, added):
+        module, spec = layers[name]
+        out_map, units, inputs = _grown_sizes(layers, graph, added, name)
+        in_map = torch.arange(spec.input_size(module))
+        for tensor_name, param in module.named_parameters(recurse=False):
+            shape = list(param.shape)
+            for dim, _, size in spec.grown_layout(tensor_name, out_map, units, in_map, inputs):
+                shape[dim] = size
+            growth += math.prod(shape) - param.numel()
+    return growth
 
 
 def resize_body(layers: Layers, graph: UnitGraph, ownership: Ownership, added: dict[str, int],

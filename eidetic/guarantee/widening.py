@@ -137,19 +137,29 @@ def _resize(net: Network, added: dict[str, int]) -> Resized:
 
 def _record_era(net: Network, name: str, resized: Resized, frozen: torch.Tensor) -> None:
     """Layer ``name``'s earlier eras follow its new layout, and a new era keeps the shape its
-    ``frozen`` units (or masked tasks that ended at this shape) were computed at."""
+    ``frozen`` units were computed at (replayed layers: also the shape masked tasks that ended at
+    it were computed at). A layer computed in blocks records an era only for units frozen since
+    its last one: without them, the widening's units join the present block."""
     state = net._eidetic
+    records = state.eras.records.get(name, [])
+    _, spec = state.layers[name]
+    blocks = spec.additive and (not records or records[0].blocks)
     covered = state.eras.covered(name)
+    since = frozen.clone()
     if covered is not None:
-        frozen[covered] = False
-    for era in state.eras.records.get(name, []):
+        since[covered] = False
+    for era in records:
         era.follow(resized.out_maps[name], resized.in_maps[name])
     tasks = (state.eras.first_task(name), state.frozen_tasks)
-    if frozen.any() or any(state.masks.has(k) for k in range(*tasks)):
-        _, spec = state.layers[name]
-        sizes = {a: resized.saved[name].attributes[a] for a in spec.size_names()}
-        state.eras.add(name, Era(sizes, resized.out_maps[name], resized.in_maps[name], frozen.nonzero().flatten(),
-                                 tasks))
+    if not (since.any() or (not blocks and any(state.masks.has(k) for k in range(*tasks)))):
+        return
+    out_map, in_map = resized.out_maps[name], resized.in_maps[name]
+    sizes = {a: resized.saved[name].attributes[a] for a in spec.size_names()}
+    if blocks:
+        era = Era(sizes, out_map, in_map, frozen.nonzero().flatten(), tasks, open=out_map[~frozen])
+    else:
+        era = Era(sizes, out_map, in_map, since.nonzero().flatten(), tasks)
+    state.eras.add(name, era)
 
 
 def _finished_outputs(net: Network) -> list[torch.Tensor]:

@@ -51,12 +51,6 @@ class InputMoments:
         self.sum.index_add_(0, labels, x)
         self.second += x.T @ x if self.second.dim() == 2 else (x**2).sum(dim=0)
 
-    def take(self, scatter) -> None:
-        """Take the sums from per-class ones (a :class:`~eidetic.inference.gaussian.ClassScatter`
-        over the same inputs) instead of accumulating them again."""
-        self.count, self.sum = scatter.count.clone(), scatter.sum.clone()
-        self.second = scatter.second.sum(dim=0) if self.second.dim() == 2 else scatter.second.diagonal(0, 1, 2).sum(0)
-
 
 class DiscriminantRouter:
     """Route by linear discriminant analysis on the inputs (nothing kept but statistics).

@@ -33,6 +33,7 @@ from torch import nn
 from ..errors import GraphError, TaskError
 from ..graph import FEATURES
 from ..graph.recurrent import RecurrentSpec
+from ..guarantee.eras import unblocked
 from ..guarantee.ownership import FREE
 from ..guarantee.slices import in_mask, out_positions
 from ..state import Network, example, features
@@ -217,6 +218,7 @@ def _stripped_copy(net: Network) -> nn.Module:
             getattr(module, hooks, {}).clear()
         for attribute in [a for a in vars(module) if a.startswith("_eidetic_")]:
             delattr(module, attribute)
+        unblocked(module)
     for module in body.modules():
         for name, param in list(module._parameters.items()):
             if param is not None:

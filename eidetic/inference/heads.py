@@ -62,13 +62,13 @@ class TaskHeads(nn.ModuleList):
 
     def output(self, features: torch.Tensor, task: int) -> torch.Tensor:
         """Task ``task``'s logits from the body's flattened features."""
-        inputs = getattr(self, f"inputs_{task}", None)
+        inputs = self._buffers.get(f"inputs_{task}")
         # A finished task from before a widening reads its own width; either way the features are
         # laid out in memory as after a widening (see eidetic/guarantee/eras.py).
         features = aligned(features) if inputs is None else features.index_select(1, inputs)
         if not self.shared:
             return self[task](features)
-        mask = getattr(self, f"mask_{task}", None)
+        mask = self._buffers.get(f"mask_{task}")
         if mask is not None:
             features = features * (mask if inputs is None else mask.index_select(0, inputs))
         if inputs is None:

@@ -21,7 +21,7 @@ from ..training.task import Data, session, trainable
 from .memory import Reservoir
 from .routing import ClassMoments, Prediction, route, router_scores
 
-ROUTER_STEPS = (20, 10, 300)  # fit_router()'s default steps: 10 passes over its data, within 20 to 300
+ROUTER_STEPS = (100, 20, 1000)  # fit_router()'s default steps: 20 passes over its data, within 100 to 1000
 ROUTER_LR = 1e-3  # its Adam learning rate for the free units
 ROUTER_LAYER_LR = 10  # the router layer's, as a multiple (it must also fit when no unit is free)
 ROUTER_BATCH = 64  # its batch size
@@ -32,12 +32,12 @@ def predict(net: Network, x: torch.Tensor, router=None) -> Prediction:
     every finished task's head, and a router that picks the task.
 
     Args:
-        x: a batch of inputs.
-        router: ``None`` (the first of the Gaussian, learned and discriminant routers that
-            covers every task, else the statistics router, else confidence), ``"gaussian"``,
-            ``"learned"``, ``"discriminant"``, ``"statistics"``, ``"confidence"`` (maximum
-            softmax), ``"entropy"``, ``"energy"``, or any object with ``scores(features,
-            logits)`` (see docs/routing.md).
+        x: a batch of inputs, of the shape the network was trained on.
+        router: ``None`` (the Gaussian router on the inputs; docs/routing.md says which router
+            a network it does not cover gets), ``"gaussian"``, ``"learned"`` (fitted here on the
+            exemplars the first time it is needed after new tasks), ``"discriminant"``,
+            ``"statistics"``, ``"confidence"`` (maximum softmax), ``"entropy"``, ``"energy"``,
+            or any object with ``scores(features, logits)`` (see docs/routing.md).
 
     Example::
 
@@ -46,19 +46,37 @@ def predict(net: Network, x: torch.Tensor, router=None) -> Prediction:
             p = net.predict(x)
         p.task, p.label            # the task each input was routed to, and its class there
     """
-    tasks = net._eidetic.frozen_tasks
+    state = net._eidetic
+    tasks = state.frozen_tasks
     if tasks == 0:
         raise TaskError("predict() needs at least one finished task")
+    chosen = state.routers.choose(router, tasks)
+    _check_inputs(state, x, chosen)
+    if chosen is state.routers.learned and chosen.fitted_tasks < tasks:
+        fit_router(net)  # the first prediction since new tasks or re-initialised free units
     shared = net(x).flatten(1)
     logits = [net.heads.output(shared, k) for k in range(tasks)]
-    scores = router_scores(net._eidetic.routers.choose(router, tasks), shared, logits, x)
+    scores = router_scores(chosen, shared, logits, x)
     prediction = route(scores, logits)
-    masked = [k for k in range(tasks) if net._eidetic.masks.has(k)]
+    masked = [k for k in range(tasks) if state.masks.has(k)]
     for k in masked:  # a masked task's own pass, only for the inputs routed to it
         rows = (prediction.task == k).nonzero().flatten()
         if len(rows):
             logits[k] = logits[k].index_copy(0, rows, net.heads.output(features(net, x[rows], k), k))
     return route(scores, logits) if masked else prediction
+
+
+def _check_inputs(state, x, router) -> None:
+    """Refuse what is not a batch of the network's inputs (any per-sample shape for routers
+    that do not read the inputs, the network's own for those that do)."""
+    expected = state.input_shape
+    if not isinstance(x, torch.Tensor) or x.dim() != len(expected) + 1:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TaskError(f"predict(x): x must be a batch of inputs of shape (N, {', '.join(map(str, expected))}), "
+                        f"got {got}")
+    if getattr(router, "reads_inputs", False) and tuple(x.shape[1:]) != expected:
+        raise TaskError(f"predict(x): the router models inputs of shape {expected} (the network's), got "
+                        f"{tuple(x.shape[1:])} per input; pass inputs of that shape, or router='learned'")
 
 
 def fit_router(net: Network, data: Sequence[Data] | None = None, *, batch_size: int | None = None,
@@ -76,7 +94,7 @@ def fit_router(net: Network, data: Sequence[Data] | None = None, *, batch_size: 
             batches whose targets are ignored); ``None`` uses the exemplars ``train_task``
             kept (``memory=``).
         batch_size: batch size for reading Dataset arguments.
-        steps: optimizer steps; ``None``: 10 passes over the data, within 20 to 300 steps.
+        steps: optimizer steps; ``None``: 20 passes over the data, within 100 to 1000 steps.
         lr: Adam's learning rate.
 
     Example::
@@ -146,30 +164,29 @@ def _router_data(net: Network, data: Sequence[Data] | None, batch_size: int | No
 
 def remember(net: Network, task: int, loader: DataLoader, memory: int) -> None:
     """One pass over the frozen task's data: class moments of its features and of its inputs
-    (pooled, and per class for the Gaussian router), and ``memory`` exemplars."""
+    (pooled for the discriminant router, per class of the projected inputs for the Gaussian
+    router) and ``memory`` exemplars; then, for the Gaussian router's halves of each class, a
+    second pass over the inputs alone."""
     state = net._eidetic
     frozen = head_columns(state.graph, state.ownership.masks("frozen"))
     num_classes = net.heads.classes[task]
-    moments = ClassMoments(num_classes, state.graph.feature_dim, device(net))
-    inputs = state.routers.discriminant.moments(num_classes, math.prod(state.input_shape), device(net))
-    scatter = state.routers.gaussian.moments(num_classes, math.prod(state.input_shape), device(net))
+    on = device(net)
+    moments = ClassMoments(num_classes, state.graph.feature_dim, on)
+    inputs = state.routers.discriminant.moments(num_classes, math.prod(state.input_shape), on)
+    gaussian = state.routers.gaussian_record(num_classes, on)
     reservoir = Reservoir(memory)
     was_training = net.training
     net.eval()
     with torch.no_grad():
-        for x, y in batches(loader, device(net), "train_data"):
+        for x, y in batches(loader, on, "train_data"):
             moments.add(net(x).flatten(1), y)
-            (inputs if scatter is None else scatter).add(x, y)
+            inputs.add(x, y)
+            if gaussian is not None:
+                gaussian.add(x, y)
             reservoir.add(x)
+        if gaussian is not None and gaussian.second_pass:
+            for x, y in batches(loader, on, "train_data"):
+                gaussian.add_halves(x, y)
     net.train(was_training)
-    if scatter is not None:  # the per-class sums hold the pooled ones: one product per sample, not two
-        inputs.take(scatter)
     exemplars = reservoir.sample() if memory else torch.empty(0, *state.input_shape, dtype=state.input_dtype)
-    state.routers.record(moments, frozen, inputs, scatter, exemplars)
-
-
-def refit(net: Network) -> None:
-    """Fit the learned router on the exemplars if it is not fitted and every task has some."""
-    routers, tasks = net._eidetic.routers, net._eidetic.frozen_tasks
-    if routers.learned.fitted_tasks < tasks and routers.memory.complete(tasks):
-        fit_router(net)
+    state.routers.record(moments, frozen, inputs, gaussian, exemplars)

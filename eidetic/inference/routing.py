@@ -4,10 +4,13 @@ Every router turns the body's features (and the heads' logits, computed from the
 and, for routers with ``reads_inputs``, the inputs) into one score per task; the input goes to
 the task with the highest score, and that task's head gives the class.
 
+* :class:`~eidetic.inference.gaussian.GaussianRouter` (the default): nothing kept but statistics
+  of the inputs, on a fixed projection of them; two Gaussians with low-rank covariances per class.
 * :class:`LearnedRouter` (the Eidetic paper's): a task classifier trained through the network's
   free units on exemplars of every task (see :class:`ExemplarMemory`) or on data you pass, with
-  task ids as labels. It costs one small layer on top of the pass, since the free units are
-  computed by it anyway; fitting it never touches a task head or a frozen unit.
+  task ids as labels, fitted when ``predict`` first needs it after new tasks. It costs one small
+  layer on top of the pass, since the free units are computed by it anyway; fitting it never
+  touches a task head or a frozen unit.
 * :class:`~eidetic.inference.discriminant.DiscriminantRouter`: nothing kept but statistics of
   the inputs; linear discriminant analysis over every class of every task.
 * :class:`FeatureStatsRouter`: nothing kept but statistics recorded when each task ends, on the
@@ -24,14 +27,16 @@ See ``docs/routing.md`` for how they compare.
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from .discriminant import DiscriminantRouter, InputMoments, class_indices
-from .gaussian import ClassScatter, GaussianRouter
+from .gaussian import GaussianRecord, GaussianRouter
 from .memory import ExemplarMemory
 
 
@@ -192,9 +197,10 @@ class LearnedRouter:
     """A task classifier trained through the network's free units: a linear layer on the body's
     features (every unit's, frozen and free) trained jointly with the free units on exemplars of
     every task, with task ids as labels (the Eidetic paper's task-classifier head, trained last
-    through the capacity left). :meth:`ContinualNetwork.recycle` refits it whenever the free
-    units are re-initialised; the next task re-initialises them again before it trains, so the
-    router holds the free units only between tasks. Frozen units and heads never change.
+    through the capacity left). ``predict`` fits it the first time it is asked for after the
+    free units were re-initialised (by a new task, ``recycle`` or ``widen``), once for all the
+    tasks since; the next task re-initialises the free units again before it trains, so the
+    router holds them only between tasks. Frozen units and heads never change.
 
     This object holds the router's layer; the free units' weights are the network's own.
     """
@@ -249,8 +255,9 @@ class Prediction:
         task: the task the router picked.
         label: the class predicted by that task's head (a class index of that task).
         task_scores: the router's scores, ``(inputs, tasks)``.
-        task_probs: softmax of the router's scores.
-        label_probs: softmax of the chosen head's logits, padded with zeros to the widest head.
+        task_probs: softmax of the router's scores (computed when first read).
+        label_probs: softmax of the chosen head's logits, padded with zeros to the widest head
+            (computed when first read).
         logits: every finished task's logits (``logits[k]`` is task ``k``'s head output). A task
             with a mask (CPG's picking) has its own logits only on the inputs routed to it; the
             other rows come from the shared pass: use ``net.logits(x, k)`` for all of them.
@@ -259,9 +266,16 @@ class Prediction:
     task: torch.Tensor
     label: torch.Tensor
     task_scores: torch.Tensor
-    task_probs: torch.Tensor
-    label_probs: torch.Tensor
     logits: list[torch.Tensor]
+    chosen: torch.Tensor = field(repr=False)  # the chosen head's logits, padded with -inf
+
+    @functools.cached_property
+    def task_probs(self) -> torch.Tensor:
+        return F.softmax(self.task_scores, dim=1)
+
+    @functools.cached_property
+    def label_probs(self) -> torch.Tensor:
+        return F.softmax(self.chosen, dim=1)  # padding columns get probability 0
 
 
 def router_scores(router, features: torch.Tensor, logits: list[torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
@@ -277,9 +291,8 @@ def route(scores: torch.Tensor, logits: list[torch.Tensor]) -> Prediction:
     widest = max(out.shape[1] for out in logits)
     padded = [out if out.shape[1] == widest else F.pad(out, (0, widest - out.shape[1]), value=-math.inf)
               for out in logits]
-    chosen = torch.stack(padded, dim=1)[torch.arange(len(task), device=task.device), task]
-    label_probs = F.softmax(chosen, dim=1)  # padding columns get probability 0
-    return Prediction(task, label_probs.argmax(dim=1), scores, F.softmax(scores, dim=1), label_probs, logits)
+    chosen = torch.stack(padded, dim=1).gather(1, task[:, None, None].expand(-1, 1, widest)).squeeze(1)
+    return Prediction(task, chosen.argmax(dim=1), scores, logits, chosen)
 
 
 class Routers:
@@ -293,14 +306,27 @@ class Routers:
         self.gaussian = GaussianRouter()
         self.learned = LearnedRouter()
 
+    def set_up(self, input_shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        """The network was set up for inputs of per-sample ``input_shape`` and ``dtype``: fix the
+        input routers' projection, and say now if the default router cannot model such inputs."""
+        self.gaussian.set_up(input_shape, dtype)
+        if self.gaussian.refusal is not None:
+            warnings.warn(f"{self.gaussian.refusal}: predict() will route with the learned router, fitted on the "
+                          "exemplars train_task keeps (memory=...), or without them with the discriminant router",
+                          stacklevel=4)
+
     def choose(self, router, tasks: int):
-        """The router object for ``router`` (``None``: the first of the Gaussian, learned and
-        discriminant routers that covers every task, else the statistics router if it does,
-        else confidence)."""
+        """The router object for ``router``. ``None``: the Gaussian router if it covers every task,
+        else the learned router if it is fitted for every task or can be (every task has
+        exemplars; ``predict`` fits it), else the discriminant router, else the statistics
+        router (networks trained before these routers existed), else confidence."""
         if router is None:
-            for default in (self.gaussian, self.learned, self.discriminant):
-                if _covered(default) >= tasks:
-                    return default
+            if self.gaussian.tasks >= tasks:
+                return self.gaussian
+            if self.learned.fitted_tasks >= tasks or self.memory.complete(tasks):
+                return self.learned
+            if self.discriminant.tasks >= tasks:
+                return self.discriminant
             return self.stats if len(self.stats.tasks) >= tasks else ConfidenceRouter()
         if not isinstance(router, str):
             return router
@@ -314,15 +340,23 @@ class Routers:
             raise ValueError(f"unknown router {router!r}: use 'learned', 'gaussian', 'discriminant', 'statistics', "
                              f"'confidence', one of {ConfidenceRouter.MEASURES}, or an object with a scores() method")
         if chosen is not self.learned and _covered(chosen) < tasks:
-            raise RuntimeError(f"the {router} router covers {_covered(chosen)} of {tasks} tasks; tasks frozen by "
-                               "hand need freeze(task, data=...) to record them")
+            why = f"{self.gaussian.refusal}; use router='learned'" if chosen is self.gaussian and \
+                self.gaussian.refusal else "tasks frozen by hand need freeze(task, data=...) to record them"
+            raise RuntimeError(f"the {router} router covers {_covered(chosen)} of {tasks} tasks: {why}")
         return chosen
 
-    def record(self, moments: ClassMoments, mask: torch.Tensor, inputs: InputMoments, scatter: ClassScatter | None,
-               exemplars: torch.Tensor) -> None:
-        """Record a frozen task; the Gaussian router only while it has every earlier task."""
-        if scatter is not None and self.gaussian.tasks == len(self.stats.tasks):
-            self.gaussian.record(scatter)
+    def gaussian_record(self, num_classes: int, device: torch.device) -> GaussianRecord | None:
+        """The Gaussian router's accumulator for a new task, or ``None`` if it refuses the inputs
+        or missed an earlier task (it covers tasks only from the first)."""
+        if self.gaussian.tasks != len(self.stats.tasks):
+            return None
+        return self.gaussian.record_for(num_classes, device)
+
+    def record(self, moments: ClassMoments, mask: torch.Tensor, inputs: InputMoments,
+               gaussian: GaussianRecord | None, exemplars: torch.Tensor) -> None:
+        """Record a frozen task."""
+        if gaussian is not None:
+            self.gaussian.record(gaussian)
         self.stats.record(moments, mask)
         self.discriminant.record(inputs)
         self.memory.add(exemplars)
@@ -352,7 +386,8 @@ class Routers:
 
     def widen(self, positions: torch.Tensor, size: int) -> None:
         """The features grew: the statistics follow them; the learned router, trained with the
-        free units a widening re-initialises, is refitted by the caller."""
+        free units a widening re-initialises, is fitted again when next needed. The input
+        routers do not read the features."""
         self.stats.widen(positions, size)
         self.learned.clear()
 

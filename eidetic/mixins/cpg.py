@@ -23,7 +23,7 @@ from ..guarantee.snapshot import Snapshot
 from ..training.session import Plan, TaskSession
 from ..training.task import synchronise
 from .arguments import check_goal, check_setting, refuse_fp16, refuse_optimizer_instance
-from .growing import Growing
+from .growing import Growing, body_size, budget, spent, within_budget
 from .picking import Picker, Picking
 from .stages import compact, try_widen
 
@@ -131,7 +131,10 @@ class CPGMixin:
                                 Snapshot(self, session.guard, state.ownership),
                                 None if picker is None else picker.save())
             grows = goal is not None and metrics[-1] < goal and growing is not None and state.frozen_tasks > 0
-            if not grows or not self._grow(growing, grown):  # task 0 does not grow, as in CPG
+            if not grows:  # task 0 does not grow, as in CPG
+                break
+            report.growth_stop = self._grow(growing, grown)
+            if report.growth_stop is not None:
                 break
         kept = metrics.index(best.metric)
         if kept != len(metrics) - 1:  # back to the best attempt: its width, its weights, its masks
@@ -142,8 +145,8 @@ class CPGMixin:
                 picker.load(best.picks)
             session, _ = plan.build()
         if goal is not None and best.metric < goal:
-            log.warning("task %d: goal %.4f missed at the maximum width (best metric %.4f); kept attempt %d of %d",
-                        report.task, goal, best.metric, kept + 1, len(metrics))
+            log.warning("task %d: goal %.4f missed (best metric %.4f; %s); kept attempt %d of %d", report.task, goal,
+                        best.metric, report.growth_stop or "no growth for the first task", kept + 1, len(metrics))
         report.epochs, report.attempts, report.kept_attempt = best.epochs, metrics, kept
         report.goal, report.grown = goal, {k: n for k, n in best.grown.items() if n}
         report.goal_met = None if goal is None else best.metric >= goal
@@ -154,21 +157,23 @@ class CPGMixin:
         compact(self, session, plan, goal)
         return session
 
-    def _grow(self, growing: Growing, grown: dict[str, int]) -> bool:
-        """One growth step within the budget; re-initialises the free units, the head and the
-        picking scores for the next attempt. Returns whether the network grew."""
+    def _grow(self, growing: Growing, grown: dict[str, int]) -> str | None:
+        """The largest growth step within the budget; re-initialises the free units, the head and the
+        picking scores for the next attempt. Returns ``None`` if the network grew, else why not."""
         state = self._eidetic
-        request = growing.request(state.graph, state.layers, state.initial_sizes)
+        full = growing.request(state.graph, state.layers, state.initial_sizes)
+        if not full:
+            return "no group can be widened"
+        request = within_budget(self, full, growing.max_ratio)
         if not request:
-            return False
+            return spent(self, growing.max_ratio)
         if not try_widen(self, request):
-            return False
-        body = sum(p.numel() for p in self._body_parameters().values())
-        if body > growing.max_ratio * state.initial_parameters:
+            return "widening refused (see the warning above)"
+        if body_size(self) > budget(self, growing.max_ratio):  # parameter_growth counts exactly: never here
             self._undo_widening()
-            log.info("task %d: growing by %s would take the body to %d parameters, past %.2fx its %d at set-up",
-                     self.num_tasks - 1, request, body, growing.max_ratio, state.initial_parameters)
-            return False
+            return spent(self, growing.max_ratio)
+        log.info("task %d: grew by %s (of a step of %s) to %d body parameters", self.num_tasks - 1, request, full,
+                 body_size(self))
         for key, n in request.items():
             grown[key] = grown.get(key, 0) + n
         phases.reinitialize(state.layers, state.graph, state.ownership.masks("free"))
@@ -178,5 +183,4 @@ class CPGMixin:
         if self._picker is not None:
             self._picker.start()
         synchronise(self)  # the units drawn at random on each rank
-        return True
-
+        return None

@@ -22,9 +22,11 @@ import logging
 import time
 
 from ..guarantee.narrowing import new_units
+from ..training.pruning import Pruning
 from ..training.session import Plan, TaskSession
 from ..training.task import synchronise
 from .arguments import check_goal, check_setting, refuse_fp16, refuse_optimizer_instance
+from .growing import body_size, budget, spent, within_budget
 from .sparse import SparseGrowth, SparseMasks
 from .stages import compact, try_widen
 
@@ -55,15 +57,18 @@ class LSGMixin:
     """
 
     def train_task(self, task: int, train_data, *, goal: float | None = None,
-                   growth: SparseGrowth | None = SparseGrowth(), pruning=None, **kwargs):
+                   growth: SparseGrowth | None = SparseGrowth(), pruning: Pruning | None = Pruning(), **kwargs):
         """Learn a task with learnable sparse growth; the other arguments are the base's.
 
         Args:
             goal: the accuracy goal on the monitored data (validation data when given, else the
                 training data), in [0, 1]: the task grows while it misses it. ``None``: never grow.
             growth: the masks' and growth's configuration, or ``None`` for the base's training.
-            pruning: the base's pruning after the masks are learned (``None``: the masks are the
-                sparsity, as in the papers).
+            pruning: the base's pruning after the masks are learned, compacting the task within
+                the pruning's tolerance of what it reached (the goal decides growth only), so that
+                the units it does not need, grown ones included, are left free for later tasks;
+                ``None``: the masks alone are the sparsity, as in the papers (see docs/lsg.md for
+                why compacting is the default).
 
         Returns:
             a :class:`~eidetic.TaskReport` with ``goal``, ``goal_met``, ``attempts`` (one per
@@ -127,32 +132,38 @@ class LSGMixin:
                 session, _ = plan.build()
             attempts.append(session.monitored(plan.monitor))
             log.info("task %d: stage %d reaches %.4f (goal %s)", report.task, len(attempts), attempts[-1], goal)
-            if goal is None or attempts[-1] >= goal:
-                break
-            if not useful:
-                log.warning("task %d: the growth step kept none of its candidates; growing stops", report.task)
-                break
-            if not self._grow(growth, masks):
-                log.warning("task %d: goal %.4f missed at the maximum width (metric %.4f after %d stage(s))",
-                            report.task, goal, attempts[-1], len(attempts))
+            if goal is None or attempts[-1] >= goal or not (self._eidetic.frozen_tasks or growth.first_task):
+                break  # the first task grows only with first_task, as in CPG
+            report.growth_stop = "the last growth step kept none of its candidates" if not useful else \
+                self._grow(growth, masks)
+            if report.growth_stop is not None:
+                log.warning("task %d: goal %.4f missed (metric %.4f after %d stage(s)); growth stops: %s",
+                            report.task, goal, attempts[-1], len(attempts), report.growth_stop)
                 break
         report.attempts, report.kept_attempt, report.goal, report.grown = attempts, len(attempts) - 1, goal, grown
         report.goal_met = None if goal is None else attempts[-1] >= goal
         report.released = dict(self._released)
         report.seconds["train"] = time.perf_counter() - plan.start
-        compact(self, session, plan, goal)
+        compact(self, session, plan, None)  # within the pruning's tolerance: the goal decides growth only
         return session
 
-    def _grow(self, growth: SparseGrowth, masks: SparseMasks) -> bool:
-        """Widen by a pool of candidates behind the grown mask; ``False`` at the maximum width."""
+    def _grow(self, growth: SparseGrowth, masks: SparseMasks) -> str | None:
+        """Widen by the largest pool of candidates within ``max_width`` and the budget, behind the
+        grown mask; returns ``None`` if the network grew, else why not."""
         state = self._eidetic
-        request = growth.request(state.graph, state.layers, state.initial_sizes)
+        full = growth.request(state.graph, state.layers, state.initial_sizes)
+        if not full:
+            return f"every group is at its maximum width ({growth.max_width:g}x its size at set-up)"
+        request = within_budget(self, full, growth.max_ratio)
         if not request:
-            return False
+            return spent(self, growth.max_ratio)
         if not try_widen(self, request):
-            return False
+            return "widening refused (see the warning above)"
+        if body_size(self) > budget(self, growth.max_ratio):  # parameter_growth counts exactly: never here
+            self._undo_widening()
+            return spent(self, growth.max_ratio)
         widening = state.undo[-1]
         masks.widened(widening.layouts)
         synchronise(self)  # the candidates drawn at random on each rank
         masks.start({key: new_units(state.graph[key].size, widening.unit_maps[key]) for key in request})
-        return True
+        return None

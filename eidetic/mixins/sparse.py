@@ -30,7 +30,7 @@ from ..guarantee.slices import in_mask, out_mask
 from ..state import device, reference_tensor
 from ..training import distributed
 from ..training.session import Callback
-from .growing import widenable_groups
+from .growing import check_ratio, widenable_groups
 
 
 @dataclass(frozen=True)
@@ -46,12 +46,20 @@ class SparseGrowth:
             probability ``sigmoid(-init)`` in training).
         mask_lr: the learning rate of the masks' Adam (papers: 5e-4).
         max_width: a group grows to at most this many times its size at set-up (the papers'
-            seed is 1/8 of the full network: 8.0 grows it back to full width).
+            seed is 1/8 of the full network: 8.0 grows it back to full width); a cap per group,
+            below the parameter budget.
+        max_ratio: the parameter budget, shared with CPG's :class:`Growing`: the body, candidate
+            pools included, has at most this many times its parameters at set-up; a pool that
+            would go past it is scaled down to the largest that fits (:mod:`.growing`).
         groups: the unit groups to grow (keys of ``net.graph``); ``None``: every group that can
             be widened and is one block (a stacked or bidirectional recurrent layer is not).
         select: learn the selective mask over the frozen weights a task reads (``False``:
             read them all).
         release: retrain the kernels that every task reading them masks out.
+        first_task: let the first task grow too (the papers' setting, from a seed network; raise
+            ``max_ratio`` for a seed much smaller than the network you want). ``False``: growth
+            starts with the second task, as in CPG, and the budget goes to the tasks that find
+            the network full.
 
     Example::
 
@@ -65,9 +73,11 @@ class SparseGrowth:
     init: float = 2.0
     mask_lr: float = 5e-4
     max_width: float = 8.0
+    max_ratio: float = 1.5
     groups: tuple[str, ...] | None = None
     select: bool = True
     release: bool = True
+    first_task: bool = False
 
     def __post_init__(self) -> None:
         c = self.candidates
@@ -80,6 +90,7 @@ class SparseGrowth:
                 raise TaskError(f"SparseGrowth({name}={value!r}): use a finite number")
             if (low is None and value <= 0) or (low is not None and value < low):
                 raise TaskError(f"SparseGrowth({name}={value!r}): must be {'positive' if low is None else f'>= {low}'}")
+        check_ratio("SparseGrowth", self.max_ratio)
         if self.groups is not None and (isinstance(self.groups, str) or not self.groups):
             raise TaskError(f"SparseGrowth(groups={self.groups!r}): give a non-empty tuple of group keys, or None")
 
@@ -94,7 +105,8 @@ class SparseGrowth:
         return [key for key in keys if key not in split]
 
     def request(self, graph, layers, initial: dict[str, int]) -> dict[str, int]:
-        """``{group: candidate units}`` of the next growth step, within ``max_width``."""
+        """``{group: candidate units}`` of the next growth step, within ``max_width`` (the budget
+        then scales it down, see :func:`~eidetic.mixins.growing.within_budget`)."""
         units = {}
         for key in self.growable(graph, layers):
             seed = initial.get(key, graph[key].size)

@@ -63,6 +63,9 @@ class TaskReport:
             of a growing mixin; one without).
         kept_attempt: the index in ``attempts`` of the attempt the task kept.
         grown: ``{group: units added}`` during the task (growing mixins).
+        growth_stop: why a growing mixin stopped growing while the task missed its goal (the
+            parameter budget spent, the groups at their maximum width, ...), ``None`` if it
+            never had to stop.
         picked: ``{layer: fraction of its frozen weights the task's mask keeps}`` (picking mixins).
         released: ``{layer: frozen weight entries the task retrained}``, released by earlier tasks'
             masks (``LSGMixin``).
@@ -84,6 +87,7 @@ class TaskReport:
     attempts: list[float] = field(default_factory=list)
     kept_attempt: int | None = None
     grown: dict[str, int] = field(default_factory=dict)
+    growth_stop: str | None = None
     picked: dict[str, float] = field(default_factory=dict)
     released: dict[str, int] = field(default_factory=dict)
 
@@ -106,4 +110,6 @@ class TaskReport:
             parts.append(f"grown {self.grown}")
         if self.goal is not None:
             parts.append(f"goal {self.goal:g} {'met' if self.goal_met else 'missed'}")
+        if self.growth_stop is not None:
+            parts.append(f"stopped growing ({self.growth_stop})")
         return ", ".join(parts)
