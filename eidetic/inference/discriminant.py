@@ -46,10 +46,11 @@ class InputMoments:
     def add(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch (targets that are not class indices count as one class)."""
         labels = class_indices(labels, len(self.count), len(inputs))
-        x = inputs.detach().flatten(1).double()
+        x = inputs.detach().flatten(1)
         self.count.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
-        self.sum.index_add_(0, labels, x)
-        self.second += x.T @ x if self.second.dim() == 2 else (x**2).sum(dim=0)
+        self.sum.index_add_(0, labels, x.double())
+        x = x.float()  # the batch's products in float32 (exact enough for one batch), summed in float64
+        self.second += (x.T @ x if self.second.dim() == 2 else (x**2).sum(dim=0)).double()
 
 
 class DiscriminantRouter:

@@ -320,11 +320,6 @@ def prune_until(session: TaskSession, layers, graph: UnitGraph, ownership: Owner
             retries += 1
             fraction /= 2
             threshold = None if threshold is None else threshold / 2
-    kept = [s for s in steps if s.accepted]
-    if kept:  # steps are judged by the floor; the network they leave is trained back towards the reference
-        last = kept[-1]
-        last.metric, epochs, trained = _apply_and_recover(session, reference, config, zero=False)
-        last.epochs, last.steps = last.epochs + epochs, last.steps + trained
     return reference, steps
 
 
@@ -345,15 +340,14 @@ def _alive(ownership: Ownership) -> int:
     return sum(int(ownership.alive(key).sum()) for key in ownership.group_keys())
 
 
-def _apply_and_recover(session: TaskSession, floor: float, config: Pruning | GracefulPruning, zero: bool = True
+def _apply_and_recover(session: TaskSession, floor: float, config: Pruning | GracefulPruning
                        ) -> tuple[float, int, int]:
-    """Zero the newly pruned units (``zero``), then train until the metric reaches ``floor``, for
-    at most ``config.recovery_epochs`` epochs, looking at the metric :data:`CHECKS_PER_EPOCH`
-    times an epoch and stopping at the first look within the floor; return the metric and the
-    recovery epochs and optimizer steps run."""
-    if zero:
-        session.guard.update_pruned()
-        session.guard.restore()
+    """Zero the newly pruned units, then train until the metric reaches ``floor``, for at most
+    ``config.recovery_epochs`` epochs, looking at the metric :data:`CHECKS_PER_EPOCH` times an
+    epoch and stopping at the first look within the floor; return the metric and the recovery
+    epochs and optimizer steps run."""
+    session.guard.update_pruned()
+    session.guard.restore()
     metric, epochs, steps = measure(session, config), 0, 0
     length = _length(session.train_loader)
     every = max(1, math.ceil(length / CHECKS_PER_EPOCH)) if length else CHECK_STEPS

@@ -24,9 +24,7 @@ class PruneStep:
     group, recovery epochs begun (each may end early, once the metric is back within tolerance),
     the monitored metric after recovery, whether the step was kept (within tolerance, or chosen
     by graceful pruning) or rolled back, the score threshold used (``None`` for a fraction
-    step), and the recovery's optimizer steps. The last kept step of :class:`~eidetic.Pruning`'s
-    loop counts the final recovery too (towards the metric after training), and its metric is
-    the one the loop ended with."""
+    step), and the recovery's optimizer steps."""
 
     fraction: float
     removed: dict[str, int]
