@@ -42,7 +42,8 @@ def train(tasks, **kwargs) -> MLP:
     for t, (train_set, _) in enumerate(tasks):
         net.train_task(t, train_set, batch_size=16, num_classes=2, epochs=3, progress=False,
                        optimizer=lambda p: torch.optim.Adam(p, lr=0.02),
-                       pruning=eidetic.Pruning(step=0.3, tolerance=0.0), **kwargs)
+                       pruning=eidetic.Pruning(step=0.3, tolerance=0.0, recovery_epochs=2, sample=None,
+                                                     max_pruning_ratio=1.0), **kwargs)
     return net
 
 
