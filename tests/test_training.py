@@ -222,6 +222,21 @@ def test_a_dataloader_and_a_dataset_train_identically():
     assert torch.equal(*outputs)
 
 
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_a_tensor_dataset_is_batched_as_a_dataloader_would_batch_it(shuffle):
+    from eidetic.training.data import as_loader
+
+    dataset = TensorDataset(torch.randn(37, 3), torch.arange(37))  # a last batch of 5
+    torch.manual_seed(1)
+    expected, after = list(DataLoader(dataset, batch_size=8, shuffle=shuffle)), torch.rand(1)
+    torch.manual_seed(1)
+    loader = as_loader(dataset, 8, shuffle=shuffle, name="train_data")
+    got = list(loader)
+    assert len(loader) == len(got) == len(expected) == 5
+    assert all(torch.equal(a, b) for pair, wanted in zip(got, expected) for a, b in zip(pair, wanted))
+    assert torch.equal(torch.rand(1), after)  # the same draws from torch's random stream
+
+
 def test_early_stopping_and_scheduler():
     net = MLP(SPEC)
     steps = []

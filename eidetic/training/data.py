@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import (BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler,
+                              TensorDataset)
 
 from ..errors import TaskError
 
@@ -29,10 +30,19 @@ def as_loader(data, batch_size: int | None, *, shuffle: bool, name: str) -> Data
                             "or pass a DataLoader")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise TaskError(f"batch_size must be a positive int, got {batch_size!r}")
-        loader = DataLoader(data, batch_size=batch_size, shuffle=shuffle and not isinstance(data, IterableDataset))
+        loader = _tensor_loader(data, batch_size, shuffle) if type(data) is TensorDataset else \
+            DataLoader(data, batch_size=batch_size, shuffle=shuffle and not isinstance(data, IterableDataset))
     else:
         raise TaskError(f"{name} must be a torch DataLoader or Dataset, got {type(data).__name__}")
     return loader
+
+
+def _tensor_loader(data: TensorDataset, batch_size: int, shuffle: bool) -> DataLoader:
+    """The loader ``DataLoader(data, batch_size, shuffle)`` would be, batch for batch and with the
+    same draws from torch's random stream, but each batch is taken from the tensors with one
+    indexing per tensor instead of one per sample and a collate (the batches hold the same values)."""
+    order = RandomSampler(data) if shuffle else SequentialSampler(data)
+    return DataLoader(data, batch_size=None, sampler=BatchSampler(order, batch_size, drop_last=False))
 
 
 def _is_empty(data) -> bool:
