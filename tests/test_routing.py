@@ -537,3 +537,22 @@ def test_the_default_router_follows_the_network_to_a_device_and_through_widening
         moved = net.to(device).predict(x.to(device))
     assert moved.task_scores.device.type == device.type
     assert torch.equal(moved.task.cpu(), before.argmax(dim=1))
+
+
+def test_the_discriminant_scatter_is_estimated_from_the_first_samples_scaled_to_the_task():
+    from eidetic.inference.discriminant import InputMoments
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(300, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (300,), generator=g)
+
+    def exact(xs, ys):
+        centred = xs - torch.stack([xs[ys == c].mean(0) for c in range(3)])[ys]
+        return centred.T @ centred
+
+    for limit, expected in ((1000, exact(x, y)), (100, exact(x[:100], y[:100]) * 3.0)):
+        moments = InputMoments(3, 5, True, torch.device("cpu"), limit=limit)
+        for i in range(0, 300, 64):  # batches that straddle the limit
+            moments.add(x[i:i + 64], y[i:i + 64])
+        assert torch.allclose(moments.scatter(), expected, rtol=1e-5, atol=1e-6)  # float32 products per batch
+        assert torch.equal(moments.count, torch.bincount(y, minlength=3).double())  # the means see every sample
+        assert int(moments.sampled_count.sum()) == min(limit, 300)

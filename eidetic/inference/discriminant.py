@@ -1,7 +1,8 @@
 """A data-free router on the inputs: linear discriminant analysis over every class of every task.
 
 When a task ends, :class:`InputMoments` records, in one pass over its training data, the mean
-input of each class and the sum of the outer products of the inputs. The
+input of each class and, from its first 4,096 samples, the within-class scatter (the sum of the
+outer products of the centred inputs), scaled to the task's size. The
 :class:`DiscriminantRouter` pools these into one within-class covariance shared by every class
 of every task (shrunk towards its mean variance, so that it stays invertible with few samples)
 and scores an input for a task by the log of the Gaussian likelihood of its classes, averaged
@@ -34,14 +35,23 @@ def tracing() -> bool:
     return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
-class InputMoments:
-    """Streaming per-class sums of flattened inputs and their second moment (float64)."""
+SCATTER_SAMPLES = 4096  # the within-class scatter of a task is estimated from this many of its samples
 
-    def __init__(self, num_classes: int, num_features: int, full: bool, device: torch.device) -> None:
+
+class InputMoments:
+    """Streaming per-class sums of flattened inputs (float64), and the second moment of the
+    first ``limit`` of them: with ``D`` values per input it costs ``D * D`` products a sample,
+    more than the body's forward pass for image-sized inputs."""
+
+    def __init__(self, num_classes: int, num_features: int, full: bool, device: torch.device,
+                 limit: int = SCATTER_SAMPLES) -> None:
         self.count = torch.zeros(num_classes, dtype=torch.float64, device=device)
         self.sum = torch.zeros(num_classes, num_features, dtype=torch.float64, device=device)
+        self.sampled_count = torch.zeros_like(self.count)
+        self.sampled_sum = torch.zeros_like(self.sum)
         shape = (num_features, num_features) if full else (num_features,)
         self.second = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.limit = limit
 
     def add(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch (targets that are not class indices count as one class)."""
@@ -49,8 +59,22 @@ class InputMoments:
         x = inputs.detach().flatten(1)
         self.count.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
         self.sum.index_add_(0, labels, x.double())
-        x = x.float()  # the batch's products in float32 (exact enough for one batch), summed in float64
+        room = self.limit - int(self.sampled_count.sum())
+        if room <= 0:
+            return
+        x, labels = x[:room], labels[:room]
+        self.sampled_count.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
+        self.sampled_sum.index_add_(0, labels, x.double())
+        x = x.float()  # one batch's products in float32 (the cost of a pass), summed over batches in float64
         self.second += (x.T @ x if self.second.dim() == 2 else (x**2).sum(dim=0)).double()
+
+    def scatter(self) -> torch.Tensor:
+        """The within-class scatter of every sample, estimated from the sampled ones (scaled by
+        samples / sampled)."""
+        means = self.sampled_sum / self.sampled_count.clamp(min=1)[:, None]
+        between = self.sampled_sum.T @ means if self.second.dim() == 2 else (self.sampled_sum * means).sum(dim=0)
+        sampled = float(self.sampled_count.sum())
+        return (self.second - between) * (float(self.count.sum()) / max(sampled, 1.0))
 
 
 class DiscriminantRouter:
@@ -86,10 +110,8 @@ class DiscriminantRouter:
 
     def record(self, moments: InputMoments) -> None:
         """Add a task from its accumulated moments."""
-        count = moments.count.clamp(min=1)[:, None]
-        means = moments.sum / count
-        between = moments.sum.T @ means if moments.second.dim() == 2 else (moments.sum * means).sum(dim=0)
-        scatter = moments.second - between
+        means = moments.sum / moments.count.clamp(min=1)[:, None]
+        scatter = moments.scatter()
         self.scatter = scatter if self.scatter is None else self.scatter + scatter.to(self.scatter.device)
         self.means.append(means)
         self.counts.append(moments.count)
