@@ -431,32 +431,6 @@ def test_a_layer_computed_in_blocks_has_the_gradient_of_the_whole_layer():
     assert net(x).shape[0] == 3
 
 
-def test_a_layer_in_blocks_keeps_its_weight_blocks_only_while_the_weight_is_unchanged():
-    """Outside autograd the blocks' weight copies are kept between passes; a weight changed in
-    place (an optimizer step, load_state_dict) is read again, and the kept copies give the
-    logits of fresh ones bit for bit."""
-    torch.manual_seed(0)
-    net = Small()
-    _train(net, 0)
-    net.widen({"conv1": 2, "fc": 2})
-    net.eval()
-    x = _data(9, n=3)[:][0]
-    with torch.no_grad():
-        first, again = net(x), net(x)
-    assert torch.equal(first, again)
-    assert torch.equal(net(x).detach(), first)  # with autograd: fresh copies, the same values
-    with torch.no_grad():
-        net.fc.weight.mul_(2.0)
-        net.conv2.weight.add_(0.5)
-        changed = net(x)
-    assert not torch.equal(changed, first)
-    assert torch.equal(net(x).detach(), changed)
-    net.load_state_dict({k: v * 1.5 if k.endswith("weight") else v for k, v in net.state_dict().items()})
-    with torch.no_grad():
-        loaded = net(x)
-    assert torch.equal(net(x).detach(), loaded) and not torch.equal(loaded, changed)
-
-
 @given(spec=recurrent_specs, optimizer=optimizers(), plans=runs, seed=seeds, amounts=amounts)
 @examples
 def test_widened_recurrent_net_never_forgets(spec, optimizer, plans, seed, amounts):

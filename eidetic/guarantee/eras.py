@@ -197,7 +197,6 @@ class Blocks:
 
     def __init__(self, module: nn.Module, spec: LayerSpec, steps: list[_Step]) -> None:
         self.module, self.spec, self.steps = module, spec, steps
-        self._weights: dict[int, tuple[tuple, torch.Tensor]] = {}  # per step: (the weight's version, its block)
 
     def __call__(self, x: torch.Tensor, *args, **kwargs):
         module, spec = self.module, self.spec
@@ -207,12 +206,12 @@ class Blocks:
         rows_dim, read_dim = spec.out_dim_of(spec.in_tensor), spec.in_unit_dim % x.dim()
         extra = [(name, dim, getattr(module, name)) for name, dim in spec.out_tensors if name != spec.in_tensor]
         out = None
-        for i, step in enumerate(self.steps):
-            w = self._weight(i, step, weight, rows_dim)
+        for step in self.steps:
+            w = _part(_part(weight, spec.in_dim, step.inputs, step.input_range), rows_dim, step.rows, step.row_range)
             tensors = {name: aligned(_part(t, dim, step.rows, step.row_range)) if step.base and t is not None else None
                        for name, dim, t in extra}
             part = aligned(_part(x, read_dim, step.inputs, step.input_range))
-            y = _compute(module, spec.in_tensor, part, w, tensors)
+            y = _compute(module, spec.in_tensor, part, aligned(w), tensors)
             if out is None:
                 shape = list(y.shape)
                 out_dim = spec.out_unit_dim % y.dim()
@@ -226,35 +225,6 @@ class Blocks:
             else:
                 out.index_add_(out_dim, step.rows, y)
         return out
-
-    def _weight(self, i: int, step: _Step, weight: torch.Tensor, rows_dim: int) -> torch.Tensor:
-        """Step ``i``'s block of ``weight``, aligned. Outside autograd (inference) the copy is kept
-        while the weight is unchanged (the same storage at the same version), so that a forward
-        pass does not copy the weight again: the values and their layout are those of a fresh copy."""
-        def block() -> torch.Tensor:
-            return aligned(_part(_part(weight, self.spec.in_dim, step.inputs, step.input_range), rows_dim, step.rows,
-                                 step.row_range))
-
-        if (torch.is_grad_enabled() and weight.requires_grad) or _tracing() or not _has_storage(weight):
-            return block()
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
-        kept = self._weights.get(i)
-        if kept is None or kept[0] != key:
-            kept = self._weights[i] = (key, block())
-        return kept[1]
-
-
-def _tracing() -> bool:
-    """torch.compile or torch.export is tracing (a kept block would be the tracer's fake tensor)."""
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
-
-
-def _has_storage(x: torch.Tensor) -> bool:
-    try:
-        x.data_ptr()
-    except RuntimeError:  # inside a torch.func transform
-        return False
-    return True
 
 
 def _era_hook(module: nn.Module, args, output):
