@@ -202,6 +202,7 @@ def markdown(results: dict) -> str:
     for key, methods in results.items():
         benchmark, model = key.split(", ")
         widths = {r["config"]["width"] for m, r in methods.items() if m not in ("lsg", *BASELINES)}
+        widths.discard(None)  # None: the model's own widths
         width = f" (width {widths.pop()})" if len(widths) == 1 else ""
         lines += [f"### {TITLES[benchmark]}, {TITLES[model]}{width}", ""]
         lines += [f"- {method}: {settings(r['config'], method)}" for method, r in methods.items()]
