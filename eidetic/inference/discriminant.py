@@ -49,6 +49,7 @@ class InputMoments:
         self.sum = torch.zeros(num_classes, num_features, dtype=torch.float64, device=device)
         self.sampled_count = torch.zeros_like(self.count)
         self.sampled_sum = torch.zeros_like(self.sum)
+        self.sampled = 0  # a Python count: no device sync per batch
         shape = (num_features, num_features) if full else (num_features,)
         self.second = torch.zeros(shape, dtype=torch.float64, device=device)
         self.limit = limit
@@ -59,10 +60,11 @@ class InputMoments:
         x = inputs.detach().flatten(1)
         self.count.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
         self.sum.index_add_(0, labels, x.double())
-        room = self.limit - int(self.sampled_count.sum())
+        room = self.limit - self.sampled
         if room <= 0:
             return
         x, labels = x[:room], labels[:room]
+        self.sampled += len(x)
         self.sampled_count.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
         self.sampled_sum.index_add_(0, labels, x.double())
         x = x.float()  # one batch's products in float32 (the cost of a pass), summed over batches in float64
@@ -73,8 +75,7 @@ class InputMoments:
         samples / sampled)."""
         means = self.sampled_sum / self.sampled_count.clamp(min=1)[:, None]
         between = self.sampled_sum.T @ means if self.second.dim() == 2 else (self.sampled_sum * means).sum(dim=0)
-        sampled = float(self.sampled_count.sum())
-        return (self.second - between) * (float(self.count.sum()) / max(sampled, 1.0))
+        return (self.second - between) * (float(self.count.sum()) / max(self.sampled, 1))
 
 
 class DiscriminantRouter:
