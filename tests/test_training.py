@@ -285,6 +285,25 @@ def test_pruning_none_gives_every_free_unit_to_the_task():
     assert sum(report.units.values()) == 0  # only the head could learn
 
 
+def test_a_task_that_leaves_fewer_free_units_than_it_kept_is_reported(caplog):
+    torch.manual_seed(0)
+    net = MLP(SPEC)
+    kwargs = {"batch_size": 8, "num_classes": 3, "optimizer": adam, "epochs": 1, "progress": False}
+    with caplog.at_level("WARNING", logger="eidetic"):
+        net.train_task(0, data(), pruning=eidetic.Pruning(step=0.5, tolerance=0.99, max_steps=1), **kwargs)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # kept half, half free
+    with caplog.at_level("WARNING", logger="eidetic"):
+        net.train_task(1, data(seed=1), pruning=None, **kwargs)  # keeps every free unit
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "task 1 left fewer free units than it kept" in warned[0]
+    assert "fcs.0: kept 4, 0 free" in warned[0] and "Pruning(tasks=T)" in warned[0]
+    caplog.clear()
+    planned = MLP(SPEC)
+    with caplog.at_level("WARNING", logger="eidetic"):
+        planned.train_task(0, data(), pruning=eidetic.Pruning(tasks=1), **kwargs)  # planned: the share decides
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_capacity_counts_owned_free_and_reused_units():
     net = trained(2, pruning=eidetic.Pruning(step=0.5, tolerance=1e-9 + 0.99, max_steps=1))
     cap = net.capacity()

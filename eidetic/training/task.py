@@ -162,6 +162,20 @@ def _finish(net: Network, learned: TaskSession, plan: Plan, train_loader: DataLo
     synchronise(net)
     report.free_units = net._eidetic.ownership.free_counts()
     report.parameters = sum(p.numel() for p in net.parameters())
+    if finish and not (isinstance(pruning, Pruning) and pruning.tasks is not None):
+        _warn_if_short(report)
+
+
+def _warn_if_short(report: TaskReport) -> None:
+    """Log a warning where the task kept more units of a group than it left free: the next task
+    can own at most what is free (nothing is planned without ``Pruning(tasks=...)``)."""
+    short = {key: (kept, report.free_units.get(key, 0)) for key, kept in report.units.items()
+             if report.free_units.get(key, 0) < kept}
+    if short:
+        groups = ", ".join(f"{key}: kept {kept}, {free} free" for key, (kept, free) in short.items())
+        log.warning("task %d left fewer free units than it kept (%s): a later task can own at most the free ones. "
+                    "Pass Pruning(tasks=T) to give each of T tasks its share, or widen the groups with "
+                    "net.widen({...}) before the next task", report.task, groups)
 
 
 def learn(net: Network, plan: Plan) -> TaskSession:
