@@ -30,14 +30,13 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 import eidetic
 from eidetic import datasets, zoo
 
-from common import text_table, write_json
+from common import text_table, train_plain, write_json
 
 Optimizer = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
@@ -45,18 +44,6 @@ Optimizer = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 def make_body(args: argparse.Namespace, shape: tuple[int, ...]) -> zoo.MLP:
     """The MLP body every method uses (a ContinualNetwork; the baselines use it as a plain module)."""
     return zoo.MLP(shape, width=args.width)
-
-
-def train_plain(body: nn.Module, head: nn.Linear, loader: DataLoader, optimizer: Optimizer, epochs: int) -> None:
-    """Plain PyTorch training of ``head(body(x))`` with cross-entropy."""
-    params = [*body.parameters(), *head.parameters()]
-    opt = optimizer(params)
-    body.train()
-    for _ in range(epochs):
-        for x, y in loader:
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(head(body(x)), y).backward()
-            opt.step()
 
 
 @torch.no_grad()

@@ -1,5 +1,6 @@
 """Shared by the benchmark scripts: a right-aligned text table, the JSON record of a run
-(machine, settings, results), the process's resident memory, and interleaved timing."""
+(machine, settings, results), the process's resident memory, interleaved timing, and the plain
+PyTorch training loop the baselines use."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 
 def text_table(lines: list) -> str:
@@ -67,3 +70,16 @@ def interleaved(methods: dict[str, Callable[[], object]], rounds: int) -> dict[s
         for name, fn in methods.items():
             times[name].append(timed(fn))
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
+def train_plain(body: nn.Module, head: nn.Module, loader, make_optimizer: Callable, epochs: int) -> None:
+    """The loop a user writes: ``head(body(x))``, cross-entropy, ``zero_grad``, ``backward``, ``step``,
+    for ``epochs`` passes over ``loader``, with ``make_optimizer(parameters)``."""
+    optimizer = make_optimizer([*body.parameters(), *head.parameters()])
+    body.train()
+    head.train()
+    for _ in range(epochs):
+        for x, y in loader:
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(head(body(x)), y).backward()
+            optimizer.step()

@@ -41,13 +41,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import eidetic
 from eidetic import cli, datasets, zoo
 
-from common import write_json
+from common import train_plain, write_json
 
 DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "fashion-mnist"
 BENCHMARKS = ("split-fashion-mnist", "permuted-fashion-mnist")
@@ -87,16 +86,6 @@ def _body(model: str, shape: tuple[int, ...], config: cli.Config) -> tuple[nn.Mo
     return body, features
 
 
-def _train(body: nn.Module, head: nn.Linear, loader, config: cli.Config) -> None:
-    optimizer = cli.make_optimizer(config)([*body.parameters(), *head.parameters()])
-    body.train()
-    for _ in range(config.epochs):
-        for x, y in loader:
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(head(body(x)), y).backward()
-            optimizer.step()
-
-
 @torch.no_grad()
 def _accuracy(body: nn.Module, head: nn.Linear, loader) -> float:
     body.eval()
@@ -124,7 +113,7 @@ def run_baseline(benchmark: str, model: str, method: str, args: argparse.Namespa
             shared = _body(model, bench.input_shape, config)
         body, features = shared
         nets.append((body, nn.Linear(features, task.num_classes)))
-        _train(*nets[-1], task.train, config)
+        train_plain(*nets[-1], task.train, cli.make_optimizer(config), config.epochs)
         row = [eidetic.TaskEvaluation(k, len(t.test.dataset), _accuracy(b, h, t.test))
                for k, ((b, h), t) in enumerate(zip(nets, tasks))]
         results.add(eidetic.Evaluation(row))

@@ -43,14 +43,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import eidetic
 from eidetic.datasets import read_idx
 
-from common import text_table, write_json
+from common import text_table, train_plain, write_json
 
 WIDTH = 256
 
@@ -136,17 +135,10 @@ def body() -> nn.Sequential:
                          nn.Linear(WIDTH, WIDTH), nn.BatchNorm1d(WIDTH), nn.ReLU())
 
 
-def train_plain(model: nn.Module, head: nn.Linear, task: Task, bench: Bench) -> None:
-    """Plain PyTorch: ``head(model(x))``, cross-entropy, the benchmark's optimizer, shuffled batches of 128."""
+def train_baseline(model: nn.Module, head: nn.Linear, task: Task, bench: Bench) -> None:
+    """Plain PyTorch on the task's tensors: shuffled batches of 128, the benchmark's optimizer."""
     loader = DataLoader(TensorDataset(task.x_train, task.y_train), batch_size=128, shuffle=True)
-    opt = bench.optimizer([*model.parameters(), *head.parameters()])
-    model.train()
-    head.train()
-    for _ in range(bench.epochs):
-        for x, y in loader:
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(head(model(x)), y).backward()
-            opt.step()
+    train_plain(model, head, loader, bench.optimizer, bench.epochs)
 
 
 @torch.no_grad()
@@ -191,11 +183,11 @@ def run(bench: Bench, configs: list[str], seed: int) -> dict:
     for t, task in enumerate(bench.tasks):
         start = time.perf_counter()
         heads.append(nn.Linear(WIDTH, task.num_classes))
-        train_plain(finetune, heads[-1], task, bench)
+        train_baseline(finetune, heads[-1], task, bench)
         seconds["fine-tuning"] += time.perf_counter() - start
         start = time.perf_counter()
         independent.append((body(), nn.Linear(WIDTH, task.num_classes)))
-        train_plain(*independent[-1], task, bench)
+        train_baseline(*independent[-1], task, bench)
         seconds["independent"] += time.perf_counter() - start
         for system in systems:
             system.learn(t, task, bench)
