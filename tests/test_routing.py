@@ -166,6 +166,7 @@ def test_a_budget_too_small_for_the_halves_scores_one_gaussian_per_class_with_fe
             covariance = v @ torch.diag(values) @ v.T + residual * (eye - v @ v.T)
             normal = torch.distributions.MultivariateNormal(task["means"][c], covariance)
             per_class.append(normal.log_prob(x) + 3 * math.log(2 * math.pi))
+        # the packed product against torch's MultivariateNormal: two computations, equal up to rounding
         torch.testing.assert_close(got[:, k], torch.logsumexp(torch.stack(per_class), 0) - math.log(2))
     assert router._packed(2, x.device, x.dtype).matrix.shape[1] <= 12
 

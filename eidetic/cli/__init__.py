@@ -68,19 +68,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
     _log(args)
-    try:
+
+    def execute():
         run = train(config)
-        paths = write_outputs(run, argv)
+        return run, write_outputs(run, argv)
+
+    code, done = _attempt(execute, "the run failed", args.verbose)
+    if code:
+        return code
+    print(summary(*done))
+    return 0
+
+
+def _attempt(action, what: str, verbose: bool) -> tuple[int, object]:
+    """``(0, action())``, or the exit code of a failure the CLI reports in one line (130 when
+    interrupted, 1 for an error; ``verbose`` logs the traceback as ``what``) and ``None``."""
+    try:
+        return 0, action()
     except KeyboardInterrupt:
         print("eidetic: interrupted", file=sys.stderr)
-        return 130
+        return 130, None
     except (EideticError, FileNotFoundError, ImportError, ValueError, OSError) as exc:
-        if args.verbose:
-            logging.getLogger("eidetic").exception("the run failed")
+        if verbose:
+            logging.getLogger("eidetic").exception(what)
         print(f"eidetic: error: {exc}", file=sys.stderr)
-        return 1
-    print(summary(run, paths))
-    return 0
+        return 1, None
 
 
 def _log(args: argparse.Namespace) -> None:
@@ -109,17 +121,12 @@ def _reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
     out = args.out or Path("runs") / f"{args.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     options = _passed_on(args)
     _log(args)
-    try:
-        done = reproduce.reproduce(args.name, args.data_dir, out, epochs=args.epochs, tasks=args.tasks,
-                                   width=args.width, run_options=options, argv=argv)
-    except KeyboardInterrupt:
-        print("eidetic: interrupted", file=sys.stderr)
-        return 130
-    except (EideticError, FileNotFoundError, ImportError, ValueError, OSError) as exc:
-        if args.verbose:
-            logging.getLogger("eidetic").exception("the experiment failed")
-        print(f"eidetic: error: {exc}", file=sys.stderr)
-        return 1
+    code, done = _attempt(lambda: reproduce.reproduce(args.name, args.data_dir, out, epochs=args.epochs,
+                                                      tasks=args.tasks, width=args.width, run_options=options,
+                                                      argv=argv),
+                          "the experiment failed", args.verbose)
+    if code:
+        return code
     print(f"\n{(Path(out) / reproduce.COMPARISON).read_text()}\nresults in {out}/: "
           + ", ".join(p.name for p in done.paths))
     return 0
