@@ -22,9 +22,9 @@ Run::
     python benchmarks/epoch.py                       # CPU, width 16, one thread: about 3 minutes
     python benchmarks/epoch.py --width 64 --device cuda --precision bf16 --channels-last --pipeline --workers 4
     python benchmarks/epoch.py --json epoch.json
-    python benchmarks/epoch.py --breakdown           # also epochs with the frozen-BatchNorm hook off
+    python benchmarks/epoch.py --breakdown           # also epochs with the frozen BatchNorm channels off
 
-``--breakdown`` says where the difference goes: every other eidetic epoch runs with the hook that
+``--breakdown`` says where the difference goes: every other eidetic epoch runs with the frozen-channel handling that
 keeps frozen BatchNorm channels on their statistics switched off (timing only: those epochs do
 not keep the guarantee), the rest of ``train_task`` (the guard, the NaN checks, the running
 metric) left as it is.
@@ -118,16 +118,16 @@ def sgd(params) -> torch.optim.Optimizer:
 
 class Interleave(eidetic.Callback):
     """Times eidetic's epochs and runs one timed plain epoch after each; with ``breakdown`` (the
-    network), every other eidetic epoch runs with the frozen-BatchNorm hook switched off."""
+    network), every other eidetic epoch runs with the frozen BatchNorm channels switched off."""
 
     def __init__(self, plain: PlainLoop, device: str, warmup: int, breakdown: nn.Module | None = None) -> None:
         self.plain, self.device, self.warmup, self.breakdown = plain, device, warmup, breakdown
         self.switch = None
         self.seconds: dict[str, list[float]] = {"plain": [], "eidetic": []}
         if breakdown is not None:
-            self.seconds["eidetic, frozen BatchNorm hook off"] = []
+            self.seconds["eidetic, frozen BatchNorm channels off"] = []
         self.epoch = 0
-        self.hook_on = True
+        self.frozen_on = True
         self.start = time.perf_counter()
 
     def on_epoch_end(self, task: int, stats: eidetic.EpochStats) -> None:
@@ -135,19 +135,20 @@ class Interleave(eidetic.Callback):
         eidetic_epoch = time.perf_counter() - self.start
         plain_epoch = self.plain.epoch()
         if self.epoch >= self.warmup:
-            self.seconds["eidetic" if self.hook_on else "eidetic, frozen BatchNorm hook off"].append(eidetic_epoch)
+            kind = "eidetic" if self.frozen_on else "eidetic, frozen BatchNorm channels off"
+            self.seconds[kind].append(eidetic_epoch)
             self.seconds["plain"].append(plain_epoch)
         self.epoch += 1
         if self.breakdown is not None and self.epoch >= self.warmup:
-            self.switch = self.switch or hook_switch(self.breakdown)  # the hooks' state of this task's session
-            self.hook_on = not self.hook_on
-            self.switch(self.hook_on)
+            self.switch = self.switch or frozen_switch(self.breakdown)  # the frozen state of this task's session
+            self.frozen_on = not self.frozen_on
+            self.switch(self.frozen_on)
         _sync(self.device)
         self.start = time.perf_counter()
 
 
-def hook_switch(net: eidetic.ContinualNetwork):
-    """``switch(on)``: the frozen-BatchNorm hook of every BatchNorm layer of ``net`` on or off, by
+def frozen_switch(net: eidetic.ContinualNetwork):
+    """``switch(on)``: the frozen-channel handling of every BatchNorm layer of ``net`` on or off, by
     taking away the frozen statistics it reads (for timing only: off, the guarantee does not hold)."""
     from eidetic.guarantee import norm
 
@@ -205,7 +206,7 @@ def main() -> None:
                         help="serve uint8 images through the augmentation path instead of prebuilt tensors")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers with --pipeline (default: 0)")
     parser.add_argument("--breakdown", action="store_true",
-                        help="also time every other eidetic epoch with the frozen-BatchNorm hook switched off "
+                        help="also time every other eidetic epoch with the frozen BatchNorm channels switched off "
                              "(timing only: those epochs do not keep the guarantee)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

@@ -62,3 +62,59 @@ def test_frozen_channels_in_training_mode_compute_evaluation_mode_and_keep_stati
     assert not torch.equal(train_out[:, ~frozen], eval_out[:, ~frozen])
     assert torch.equal(bn.running_mean[frozen], stats[0][frozen])
     assert torch.equal(bn.running_var[frozen], stats[1][frozen])
+
+
+class _Subclassed(torch.nn.BatchNorm1d):
+    """A BatchNorm class of the user's own: frozen channels through the forward hook, not the
+    built-in layers' autograd function."""
+
+
+def _mlp(subclassed: bool, seed: int) -> eidetic.ContinualNetwork:
+    torch.manual_seed(seed)
+    net = MLP({"in": 3, "widths": [6, 4], "bn": True, "act": "tanh"})
+    if subclassed:
+        net.bns = torch.nn.ModuleList(_Subclassed(bn.num_features) for bn in net.bns)
+    return _half_frozen(net, torch.randn(32, 3))
+
+
+def test_a_batchnorm_subclass_gets_the_same_guarantee_and_gradient_through_the_hook():
+    net = _mlp(subclassed=True, seed=3)
+    assert not any(isinstance(m.__dict__.get("forward"), eidetic.guarantee.norm.FrozenForward) for m in net.bns)
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda inputs: net.logits(inputs, 0), (x,))
+    bn, frozen = net.bns[0], net._eidetic.ownership.masks("frozen")["fcs.0"]
+    pre = net.fcs[0](x.detach())
+    train_out = bn(pre)
+    net.eval()
+    assert torch.equal(train_out[:, frozen], bn(pre)[:, frozen])
+
+
+def test_the_built_in_forward_computes_what_the_hook_computes():
+    """The one-pass function against the hook's out-of-place composition, on the same layer and
+    input: the same output bits, the same running statistics and batch count; gradients equal up
+    to rounding (the frozen channels' input gradient is the same product in another kernel)."""
+    net = _mlp(subclassed=False, seed=4).float()
+    bn = net.bns[0]
+    assert isinstance(bn.__dict__.get("forward"), eidetic.guarantee.norm.FrozenForward)
+    for momentum in (0.1, None):  # None: the cumulative average, counted by num_batches_tracked
+        bn.momentum = momentum
+        state = {k: v.clone() for k, v in bn.state_dict().items()}
+        pre = (torch.randn(16, 6) * 2 + 1).requires_grad_()
+        weights = torch.randn(16, 6)
+        results = []
+        for path in ("function", "hook"):
+            bn.load_state_dict(state)
+            x = pre.detach().clone().requires_grad_()
+            if path == "function":
+                out = bn(x)
+            else:
+                plain = type(bn).forward(bn, x)
+                out = eidetic.guarantee.norm._overwritten(bn, x, plain, eidetic.guarantee.norm.frozen_state(bn))
+            grads = torch.autograd.grad((out * weights).sum(), (x, bn.weight, bn.bias))
+            results.append((out.detach(), {k: v.clone() for k, v in bn.state_dict().items()}, grads))
+        (out_f, state_f, grads_f), (out_h, state_h, grads_h) = results
+        assert torch.equal(out_f, out_h)
+        assert all(torch.equal(state_f[k], state_h[k]) for k in state_f)
+        assert int(state_f["num_batches_tracked"]) == int(state["num_batches_tracked"]) + 1
+        for a, b in zip(grads_f, grads_h):
+            torch.testing.assert_close(a, b)

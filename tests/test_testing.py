@@ -182,8 +182,8 @@ def skip_a_restore(monkeypatch) -> None:
 
 
 def update_frozen_statistics(monkeypatch) -> None:
-    """BatchNorm layers lose the hook that keeps frozen channels on their frozen statistics."""
-    monkeypatch.setattr(eidetic.guarantee.norm, "_frozen_batchnorm_hook", lambda module, args, output: None)
+    """BatchNorm layers lose what keeps frozen channels on their frozen statistics in training mode."""
+    monkeypatch.setattr(eidetic.guarantee.norm, "frozen_state", lambda module: None)
 
 
 def read_free_units(monkeypatch) -> None:

@@ -108,7 +108,7 @@ class Guard:
     def watch(self, optimizer: torch.optim.Optimizer) -> None:
         """Restore after each step only the frozen parameters that ``optimizer`` can move.
 
-        BatchNorm statistics are restored by the frozen-norm hook after every forward pass.
+        BatchNorm statistics are restored after every training forward pass (:mod:`eidetic.guarantee.norm`).
         """
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         self._stepped = [f for f in self.frozen if id(f.tensor) in held]
