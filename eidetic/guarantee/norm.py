@@ -42,8 +42,11 @@ def frozen_state(module: nn.Module) -> Frozen | None:
 
 
 def _frozen_output(module: nn.Module, x: torch.Tensor, frozen: Frozen) -> torch.Tensor:
-    """The frozen channels of ``x``, through the evaluation-mode kernel."""
+    """Put the frozen running statistics back (the training kernel just updated them), and return
+    the frozen channels of ``x`` through the evaluation-mode kernel."""
     mean, var, weight, bias = frozen
+    mean.restore()
+    var.restore()
     return F.batch_norm(x.index_select(1, mean.index), mean.values, var.values, weight, bias, False, 0.0, module.eps)
 
 
@@ -60,8 +63,6 @@ def _overwritten(module: nn.Module, x: torch.Tensor, output: torch.Tensor, froze
     channels overwritten, out of place: every operation recorded by autograd, so the backward pass
     is that of what the forward computes (the frozen channels' batch-mode gradient, which divides
     by the batch's standard deviation, never reaches the input)."""
-    frozen[0].restore()
-    frozen[1].restore()
     # Out of place (a compiled BatchNorm may keep its output for backward), in the output's memory
     # format: a channels-last output must stay channels-last, or the layers after it reduce in
     # another order in training mode than in evaluation mode.
@@ -75,8 +76,6 @@ class FrozenChannels(torch.autograd.Function):
     def forward(ctx, x, weight, bias, module, frozen, momentum):
         out, save_mean, save_invstd = torch.native_batch_norm(x, weight, bias, module.running_mean,
                                                               module.running_var, True, momentum, module.eps)
-        frozen[0].restore()
-        frozen[1].restore()
         index = frozen[0].index
         out.index_copy_(1, index, _frozen_output(module, x, frozen))  # fresh from the kernel: no one else holds it
         scale = (frozen[1].values + module.eps).rsqrt()
