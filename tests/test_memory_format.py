@@ -17,6 +17,11 @@ from models import CNN, ResNet, input_shape
 from strategies import cnn_specs, resnet_specs
 
 LAST = torch.channels_last
+# oneDNN's AVX2 kernel for the weight gradient of a 1x1 convolution of stride 2 in channels-last
+# with fewer than 8 input channels writes past its workspace and corrupts the heap
+# (uxlfoundation/oneDNN#6035, open; plain PyTorch crashes too). On such CPUs the residual nets'
+# blocks keep stride 1 on the CPU, and the zoo's ResNet is 8 channels wide.
+ONEDNN_6035 = torch.backends.cpu.get_cpu_capability() == "AVX2"
 examples = settings(max_examples=max(10, settings.default.max_examples // 8))
 precisions = st.lists(st.sampled_from(["bf16", "fp16", None]), min_size=3, max_size=3)
 
@@ -47,10 +52,13 @@ def test_channels_last_cnn_never_forgets(spec, optimizer, plans, seed, device):
 @examples
 def test_channels_last_residual_net_under_autocast_never_forgets(spec, optimizer, plans, seed, precision, device):
     """Each task in its own precision (bf16, fp16 with a gradient scaler, or float32)."""
+    if ONEDNN_6035 and device.type == "cpu":
+        spec = {**spec, "blocks": [(channels, 1) for channels, _ in spec["blocks"]]}
     _run(lambda: ResNet(spec), input_shape(ResNet, spec), optimizer, plans, seed, device, precision)
 
 
 def test_a_zoo_resnet_channels_last_in_bf16_and_fp16_never_forgets(device):
     choice = eidetic.testing.OptimizerChoice("SGD", (("lr", 0.05), ("momentum", 0.9), ("nesterov", True)), True)
-    _run(lambda: zoo.build_model("resnet18-cifar", (3, 8, 8), width=2), (3, 8, 8), choice, 3, 0, device,
+    width = 8 if ONEDNN_6035 else 2
+    _run(lambda: zoo.build_model("resnet18-cifar", (3, 8, 8), width=width), (3, 8, 8), choice, 3, 0, device,
          ["bf16", "fp16", None])

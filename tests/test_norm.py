@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch.func import functional_call
 
 import eidetic
@@ -118,3 +120,91 @@ def test_the_built_in_forward_computes_what_the_hook_computes():
         assert int(state_f["num_batches_tracked"]) == int(state["num_batches_tracked"]) + 1
         for a, b in zip(grads_f, grads_h):
             torch.testing.assert_close(a, b)  # approximate by nature: one product, two kernels
+
+
+def _frozen_layer(dims: int, channels: int, frozen: list[bool], affine: bool, momentum: float | None,
+                  seed: int) -> torch.nn.modules.batchnorm._BatchNorm:
+    """A built-in BatchNorm layer in training mode with the channels ``frozen`` marks frozen, as
+    :class:`~eidetic.guarantee.norm.FrozenNorms` sets it up during a task."""
+    from eidetic.guarantee.guard import FrozenSlice
+    from eidetic.guarantee.norm import _ATTR, FrozenChannels, FrozenForward
+
+    torch.manual_seed(seed)
+    bn = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)[max(dims - 3, 0)](
+        channels, affine=affine, momentum=momentum)
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2)
+        if affine:
+            bn.weight.normal_()
+            bn.bias.normal_()
+    index = torch.tensor([c for c in range(channels) if frozen[c]], dtype=torch.long)
+    slices = [FrozenSlice("bn", name, tensor, 0, index, tensor.detach()[index].clone())
+              for name, tensor in (("running_mean", bn.running_mean), ("running_var", bn.running_var))]
+    affine_values = [p.detach()[index].clone() if affine else None for p in (bn.weight, bn.bias)]
+    bn.__dict__["forward"] = FrozenForward(bn)
+    bn.__dict__[_ATTR] = FrozenChannels.of(*slices, *affine_values, bn.eps)
+    return bn.train()
+
+
+@st.composite
+def _frozen_layers(draw):
+    dims = draw(st.sampled_from([2, 3, 4, 5]))
+    channels = draw(st.integers(1, 9))
+    frozen = draw(st.lists(st.booleans(), min_size=channels, max_size=channels).filter(any))
+    shape = (draw(st.integers(2, 5)), channels, *(draw(st.integers(1, 4)) for _ in range(dims - 2)))
+    return dict(dims=dims, channels=channels, frozen=frozen, affine=draw(st.booleans()),
+                momentum=draw(st.sampled_from([0.1, 0.5, None])), seed=draw(st.integers(0, 2**16))), shape
+
+
+@given(layer=_frozen_layers(), channels_last=st.booleans())
+def test_any_frozen_channels_one_pass_against_the_hook_and_evaluation_mode(layer, channels_last):
+    """Any set of frozen channels (all of them included), any BatchNorm dimension, with and without
+    affine entries, every momentum: the one-pass function gives the frozen channels evaluation
+    mode's bits and the same output, statistics and gradients as the hook's composition."""
+    config, shape = layer
+    bn = _frozen_layer(**config)
+    frozen = torch.tensor(config["frozen"])
+    pre = torch.randn(shape) * 2 + 1
+    if channels_last and len(shape) in (4, 5):
+        pre = pre.contiguous(memory_format=torch.channels_last if len(shape) == 4 else torch.channels_last_3d)
+    weights = torch.randn(shape)
+    state = {k: v.clone() for k, v in bn.state_dict().items()}
+    results = []
+    for path in ("function", "hook"):
+        bn.load_state_dict(state)
+        x = pre.clone().requires_grad_()
+        norm = eidetic.guarantee.norm
+        out = bn(x) if path == "function" else norm._overwritten(bn, x, type(bn).forward(bn, x), norm.frozen_state(bn))
+        params = [p for p in (bn.weight, bn.bias) if p is not None]
+        grads = torch.autograd.grad((out * weights).sum(), (x, *params))
+        results.append((out.detach(), {k: v.clone() for k, v in bn.state_dict().items()}, grads))
+    (out_f, state_f, grads_f), (out_h, state_h, grads_h) = results
+    assert out_f.stride() == pre.stride()  # the input's memory format
+    bn.eval()
+    assert torch.equal(out_f[:, frozen], bn(pre)[:, frozen])
+    # The free channels: the same batch statistics; the function reduces a contiguous copy of them,
+    # the hook the layer's own channels-last input, in another order.
+    same = torch.equal if pre.is_contiguous() else torch.testing.assert_close
+    for k in state_f:
+        assert same(state_f[k], state_h[k]) in (True, None)
+        if k.startswith("running"):
+            assert torch.equal(state_f[k][frozen], state[k][frozen])
+    assert same(out_f, out_h) in (True, None)
+    for a, b in zip(grads_f, grads_h):
+        torch.testing.assert_close(a, b)
+    for g in grads_f[1:]:
+        assert not g[frozen].any()  # the frozen channels read the frozen copies
+
+
+def test_every_channel_frozen_is_evaluation_mode_with_its_gradient():
+    """No free channel left: the layer is evaluation mode, its gradient included."""
+    bn = _frozen_layer(dims=4, channels=3, frozen=[True] * 3, affine=True, momentum=0.1, seed=5)
+    x = torch.randn(4, 3, 2, 2, requires_grad=True)
+    batches = int(bn.num_batches_tracked)
+    out = bn(x)
+    assert int(bn.num_batches_tracked) == batches + 1  # the batch is counted, as in any training step
+    reference = torch.nn.functional.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False)
+    assert torch.equal(out, reference)
+    g = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(reference, x, g)[0])
