@@ -411,3 +411,22 @@ def test_a_missing_cifar_folder_says_where_and_how(capsys, tmp_path):
                        "--out", tmp_path / "o")
     assert code == 1 and str(tmp_path / "none") in err and "cifar-100-python" in err and "--download" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("capability", ["AVX2", "AVX512"])
+def test_channels_last_is_refused_where_onednn_would_corrupt_memory(monkeypatch, capability):
+    """On AVX2 CPUs oneDNN's weight gradient of a narrow 1x1 stride-2 convolution in channels-last
+    corrupts the heap (oneDNN#6035): the run is refused, naming the layer; elsewhere, and at width
+    8, the network goes channels-last."""
+    from eidetic.cli.run import channels_last
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    narrow = zoo.build_model("resnet18-cifar", (3, 8, 8), width=4)
+    if capability == "AVX2":
+        with pytest.raises(ValueError, match=r"layer2\.0\.downsample\.0 .*stride 2 reading 4 channels.*--width 8"):
+            channels_last(narrow, "cpu")
+        assert narrow.conv1.weight.is_contiguous()  # refused before anything moved
+    else:
+        assert channels_last(narrow, "cpu").conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    wide = channels_last(zoo.build_model("resnet18-cifar", (3, 8, 8), width=8), "cpu")
+    assert wide.conv1.weight.is_contiguous(memory_format=torch.channels_last)

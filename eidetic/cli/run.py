@@ -59,6 +59,26 @@ def _require(module: str, why: str) -> None:
         raise ImportError(f"{why} needs {module.split('.')[0]}: pip install 'eidetic[examples]'") from None
 
 
+def channels_last(net: ContinualNetwork, device: str) -> ContinualNetwork:
+    """``net`` in the channels-last memory format; refused on a CPU whose oneDNN kernels would
+    corrupt memory training it.
+
+    On AVX2 CPUs without AVX-512, oneDNN's weight gradient of a 1x1 convolution of stride 2 or
+    more in channels-last with fewer than 8 input channels writes past its buffer
+    (uxlfoundation/oneDNN#6035): the process aborts, or goes on with a corrupted heap.
+    """
+    if torch.device(device).type == "cpu" and torch.backends.cpu.get_cpu_capability() == "AVX2":
+        for name, module in net.named_modules():
+            if (isinstance(module, torch.nn.Conv2d) and module.kernel_size == (1, 1) and module.stride != (1, 1)
+                    and module.in_channels < 8):
+                raise ValueError(
+                    f"--channels-last: on this CPU (AVX2, no AVX-512) PyTorch's oneDNN kernel for the weight "
+                    f"gradient of {name} (a 1x1 convolution of stride {module.stride[0]} reading "
+                    f"{module.in_channels} channels) writes past its buffer and corrupts memory "
+                    "(uxlfoundation/oneDNN#6035); leave --channels-last off on the CPU, or use --width 8 or more")
+    return net.to(memory_format=torch.channels_last)
+
+
 def train(config: Config) -> Run:
     """Load the benchmark, build the model and learn the tasks, evaluating after each one.
 
@@ -84,7 +104,7 @@ def train(config: Config) -> Run:
                            channels_last=config.channels_last)
     net = zoo.build_model(config.model, bench.input_shape, config.width, method=config.method).to(config.device)
     if config.channels_last:
-        net = net.to(memory_format=torch.channels_last)
+        net = channels_last(net, config.device)
     extra = _method_arguments(config)
     optimizer, scheduler = make_optimizer(config), make_scheduler(config)
     run = Run(config, net, bench)
