@@ -202,6 +202,7 @@ def test_the_leading_directions_are_the_top_eigenpairs():
     again = leading(covariance, 16)
     assert torch.equal(again[0], values) and torch.equal(again[1], vectors)
     small = covariance[:40, :40]  # small matrices: the exact decomposition
+    # two eigensolvers (eigh with vectors, eigvalsh without) on one matrix: equal up to rounding
     torch.testing.assert_close(leading(small, 4)[0], torch.linalg.eigvalsh(small).flip(0)[:4])
 
 
