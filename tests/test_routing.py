@@ -185,6 +185,38 @@ def test_the_gaussian_router_keeps_per_task_state_that_does_not_grow_with_the_da
     assert small.classes[0]["means"].shape == (2, 91)  # the projection: 91 of 784 values
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_halves_come_from_the_kept_projections_or_from_a_second_pass_alike(dtype):
+    """A task's first pass keeps its projected inputs for the halves while they fit in
+    ``keep_bytes`` (no second pass); beyond that, the halves need a second pass. Both record the
+    same halves (the sums run in another order), a second pass made anyway replaces the kept
+    inputs instead of adding to them, and nothing kept outlives the recording."""
+    from eidetic.inference.gaussian import GaussianRecord, GaussianRouter
+
+    g = torch.Generator().manual_seed(3)
+    data = [(torch.rand(96, 1, 28, 28, generator=g, dtype=dtype), torch.arange(96) % 3) for _ in range(4)]
+    batch_bytes = 96 * 91 * torch.tensor([], dtype=dtype).element_size() + 96 * 8
+    routers = []
+    for keep_bytes, second_pass, anyway in ((4 * batch_bytes, False, False), (2 * batch_bytes, True, False),
+                                            (0, True, False), (4 * batch_bytes, False, True)):
+        router = GaussianRouter(rank=4)
+        router.set_up((1, 28, 28), dtype)
+        record = GaussianRecord(router.projection, 3, True, torch.device("cpu"), keep_bytes=keep_bytes)
+        for x, y in data:
+            record.add(x, y)
+        assert record.second_pass is second_pass
+        for x, y in data if record.second_pass or anyway else ():
+            record.add_halves(x, y)
+        router.record(record)
+        assert record._kept is None and not record.second_pass
+        routers.append(router)
+    kept, *passes = (router.halves[0] for router in routers)
+    for other in passes:
+        assert torch.equal(kept["count"], other["count"])
+        for name in ("means", "variances", "residual"):
+            # approximate by nature: the same float64 sums, over one batch or the whole pass
+            torch.testing.assert_close(kept[name], other[name], rtol=1e-9, atol=1e-12)
+
 def test_the_leading_directions_are_the_top_eigenpairs():
     """Subspace iteration from a fixed start against the full eigendecomposition, on a slowly
     decaying spectrum (approximate by nature: each value within 1%, 99.9% of the top variance

@@ -2,22 +2,24 @@
 
 When a task ends, :class:`GaussianRecord` reads its training inputs through the fixed
 :class:`~eidetic.inference.projection.InputProjection` (the inputs themselves when small, their
-lowest DCT frequencies when large) and records each class's count, sum and sum of outer
-products there (float64); a second pass over the inputs splits each class in two along its
-first principal direction and records each half the same way. :class:`GaussianRouter` keeps,
-per class and per half, the mean, the ``rank`` leading principal directions with their
+lowest DCT frequencies when large), projected in their own precision (at least float32) as
+``predict`` projects them, and records each class's count, sum and sum of outer products there
+(in float64). Then each class is split in two along its first principal direction and each half
+recorded the same way: from the projected inputs of the first pass, kept while they take at most
+64 MiB (:data:`KEEP_BYTES`), else from a second pass over the inputs. :class:`GaussianRouter`
+keeps, per class and per half, the mean, the ``rank`` leading principal directions with their
 variances and one variance for every other direction (probabilistic PCA, Tipping and Bishop
 1999), and scores an input for a task by the log of the mean likelihood of the task's classes,
 each class the mixture of its two halves weighted by their counts.
 
-The inputs never change, so what a task records stays valid forever; no input is kept, and a
-task's record does not grow with its data: per class and half ``d * (rank + 1) + rank + 2``
-numbers for ``d`` projected values. Scoring is one pass of the body (whose features it does not
-read) plus a small product of the projected inputs, in the inputs' dtype: its columns, a mean
-and the directions of every Gaussian of every task, are held to ``budget`` in all, so its cost
-does not grow with the number of tasks: with many classes each keeps fewer directions (the
-dropped variance goes to the residual), and below ``split_rank`` directions per half a class is
-scored as one Gaussian.
+The inputs never change, so what a task records stays valid forever; no input is kept once the
+task is recorded, and a task's record does not grow with its data: per class and half
+``d * (rank + 1) + rank + 2`` numbers for ``d`` projected values. Scoring is one pass of the body
+(whose features it does not read) plus a small product of the projected inputs, in the inputs'
+dtype: its columns, a mean and the directions of every Gaussian of every task, are held to
+``budget`` in all, so its cost does not grow with the number of tasks: with many classes each
+keeps fewer directions (the dropped variance goes to the residual), and below ``split_rank``
+directions per half a class is scored as one Gaussian.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from .projection import InputProjection
 
 _OVERSAMPLE, _ITERATIONS = 8, 6  # the leading directions' subspace iteration
 _NAMES = ("means", "bases", "variances", "residual", "count")
+KEEP_BYTES = 64 * 2**20  # projected inputs a task's first pass keeps for its halves (else a second pass)
+_SPLIT_CHUNK = 8192  # kept inputs split into halves at a time
 HALF_SAMPLES = 8  # samples per direction: a Gaussian keeps at most count / 8 - 1 directions, a class is split
 # only if each half has this many samples per direction
 
@@ -56,6 +60,10 @@ class ClassScatter:
 class GaussianRecord:
     """What one task's pass (two, with ``split``) over its training inputs accumulates.
 
+    With ``split``, the first pass also keeps its projected inputs while they take at most
+    ``keep_bytes``; the halves are then taken from them when the router records the task, and
+    no second pass is needed (:attr:`second_pass`).
+
     Example::
 
         record = router.record_for(num_classes=2, device=torch.device("cpu"))
@@ -66,37 +74,66 @@ class GaussianRecord:
         router.record(record)
     """
 
-    def __init__(self, projection: InputProjection, num_classes: int, split: bool, device: torch.device) -> None:
+    def __init__(self, projection: InputProjection, num_classes: int, split: bool, device: torch.device,
+                 keep_bytes: int = KEEP_BYTES) -> None:
         self.projection = projection
         self.num_classes = num_classes
         self.classes = ClassScatter(num_classes, projection.size, device)
         self.halves = ClassScatter(2 * num_classes, projection.size, device) if split else None
         self._split: tuple[torch.Tensor, torch.Tensor] | None = None  # per class: centre, direction
+        self._kept: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if split else None
+        self._room = keep_bytes
 
     @property
     def second_pass(self) -> bool:
-        """Whether :meth:`add_halves` wants a second pass over the inputs."""
-        return self.halves is not None
+        """Whether :meth:`add_halves` wants a second pass over the inputs: the halves are
+        modelled and the first pass's projected inputs were too many to keep."""
+        return self.halves is not None and self._kept is None and self._split is None
 
     def _project(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The projected inputs, in their precision (at least float32, as ``predict`` projects
+        them), and their class indices, on the statistics' device."""
         labels = class_indices(labels, self.num_classes, len(inputs)).to(self.classes.count.device)
-        return self.projection(inputs.detach().double()).to(self.classes.count.device), labels
+        x = inputs.detach()
+        z = self.projection(x.to(torch.promote_types(x.dtype, torch.float32)))
+        return z.to(self.classes.count.device), labels
 
     def add(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
         """First pass: a batch of the task's inputs and targets (targets that are not class
         indices count as one class)."""
-        self.classes.add(*self._project(inputs, labels))
+        z, labels = self._project(inputs, labels)
+        self.classes.add(z.double(), labels)
+        if self._kept is not None:
+            self._room -= z.numel() * z.element_size() + labels.numel() * labels.element_size()
+            if self._room >= 0:
+                self._kept.append((z, labels))
+            else:
+                self._kept = None  # too many to keep: the halves need a second pass
 
     def add_halves(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
         """Second pass: each input to the half of its class on its side of the class's first
         principal direction."""
+        self._kept = None  # the halves come from this pass
+        self._add_halves(*self._project(inputs, labels))
+
+    def _add_halves(self, z: torch.Tensor, labels: torch.Tensor) -> None:
         if self._split is None:
             fitted = fit(self.classes, 1, 1e-3)
             self._split = fitted["means"], fitted["bases"][:, :, 0]
-        z, labels = self._project(inputs, labels)
+        z = z.double()
         centre, direction = self._split
         side = ((z - centre[labels]) * direction[labels]).sum(dim=1) > 0
         self.halves.add(z, 2 * labels + side.long())
+
+    def split_kept(self) -> None:
+        """Take the halves from the first pass's kept projected inputs, if it kept them all
+        (called by the router when it records the task)."""
+        if self.halves is None or not self._kept:
+            return
+        kept, self._kept = self._kept, None
+        z, labels = torch.cat([z for z, _ in kept]), torch.cat([y for _, y in kept])
+        for start in range(0, len(z), _SPLIT_CHUNK):
+            self._add_halves(z[start:start + _SPLIT_CHUNK], labels[start:start + _SPLIT_CHUNK])
 
 
 def leading(covariance: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,6 +248,7 @@ class GaussianRouter:
 
     def record(self, record: GaussianRecord) -> None:
         """Add a task from its accumulated statistics."""
+        record.split_kept()
         classes = fit(record.classes, self.rank, self.floor)
         halves = None if record.halves is None else fit(record.halves, self.rank, self.floor)
         if halves is not None:  # a class with a half too small to fit is its own two halves

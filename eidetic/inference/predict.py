@@ -166,7 +166,7 @@ def remember(net: Network, task: int, loader: DataLoader, memory: int) -> None:
     """One pass over the frozen task's data: class moments of its features and of its inputs
     (pooled for the discriminant router, per class of the projected inputs for the Gaussian
     router) and ``memory`` exemplars; then, for the Gaussian router's halves of each class, a
-    second pass over the inputs alone."""
+    second pass over the inputs alone if the first one's projected inputs were too many to keep."""
     state = net._eidetic
     frozen = head_columns(state.graph, state.ownership.masks("frozen"))
     num_classes = net.heads.classes[task]
