@@ -590,3 +590,30 @@ def test_the_discriminant_scatter_is_estimated_from_the_first_samples_scaled_to_
         assert torch.allclose(moments.scatter(), expected, rtol=1e-5, atol=1e-6)  # float32 products per batch
         assert torch.equal(moments.count, torch.bincount(y, minlength=3).double())  # the means see every sample
         assert int(moments.sampled_count.sum()) == min(limit, 300)
+
+
+def test_the_feature_moments_take_the_first_samples_of_each_class_even_from_sorted_data():
+    """The statistics router's class moments need the body's features, a forward pass a sample:
+    they take the first ``per_class`` samples of each class (a batch more at most), also when the
+    data come sorted by class, and want no row of a batch once every class has enough."""
+    from eidetic.inference.routing import ClassMoments
+
+    g = torch.Generator().manual_seed(5)
+    y = torch.cat([torch.full((300,), c) for c in (0, 1, 2)])  # sorted by class
+    features = torch.randn(900, 4, generator=g, dtype=torch.float64) + y[:, None]
+    moments = ClassMoments(3, 4, torch.device("cpu"), per_class=100)
+    taken = []
+    for i in range(0, 900, 64):
+        rows = moments.wanted(y[i:i + 64])
+        rows = torch.arange(len(y[i:i + 64])) if rows is None else rows
+        if len(rows):
+            moments.add(features[i:i + 64][rows], y[i:i + 64][rows])
+        taken.append(i + rows)
+    taken = torch.cat(taken)
+    counts = torch.bincount(y[taken], minlength=3)
+    assert ((counts >= 100) & (counts < 164)).all() and len(moments.wanted(y[:64])) == 0
+    for c in range(3):
+        first = features[y == c][: int(counts[c])]  # each class's first samples, in order
+        assert torch.equal(taken[y[taken] == c], (y == c).nonzero().flatten()[: int(counts[c])])
+        # approximate by nature: float64 sums over batches against one sum
+        torch.testing.assert_close(moments.sum[c] / moments.count[c], first.mean(dim=0))

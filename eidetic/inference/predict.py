@@ -163,9 +163,10 @@ def _router_data(net: Network, data: Sequence[Data] | None, batch_size: int | No
 
 
 def remember(net: Network, task: int, loader: DataLoader, memory: int) -> None:
-    """One pass over the frozen task's data: class moments of its features and of its inputs
-    (pooled for the discriminant router, per class of the projected inputs for the Gaussian
-    router) and ``memory`` exemplars; then, for the Gaussian router's halves of each class, a
+    """One pass over the frozen task's data: class moments of its features (the body's forward
+    pass only for the samples they want: up to 1,024 a class) and of its inputs (pooled for the
+    discriminant router, per class of the projected inputs for the Gaussian router) and
+    ``memory`` exemplars; then, for the Gaussian router's halves of each class, a
     second pass over the inputs alone if the first one's projected inputs were too many to keep."""
     state = net._eidetic
     frozen = head_columns(state.graph, state.ownership.masks("frozen"))
@@ -179,7 +180,11 @@ def remember(net: Network, task: int, loader: DataLoader, memory: int) -> None:
     net.eval()
     with torch.no_grad():
         for x, y in batches(loader, on, "train_data"):
-            moments.add(net(x).flatten(1), y)
+            rows = moments.wanted(y)
+            if rows is None:
+                moments.add(net(x).flatten(1), y)
+            elif len(rows):
+                moments.add(net(x[rows]).flatten(1), y[rows])
             inputs.add(x, y)
             if gaussian is not None:
                 gaussian.add(x, y)

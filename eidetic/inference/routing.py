@@ -83,13 +83,40 @@ class _TaskStats:
     variance: torch.Tensor  # (features,), pooled within classes
 
 
-class ClassMoments:
-    """Streaming per-class sums of features and of their squares (in float64)."""
+FEATURE_SAMPLES = 1024  # per class: the features' moments of a task come from this many of its samples
 
-    def __init__(self, num_classes: int, num_features: int, device: torch.device) -> None:
+
+class ClassMoments:
+    """Streaming per-class sums of features and of their squares (in float64), from the first
+    ``per_class`` samples of each class (or a batch more): the features cost a forward pass each,
+    and the statistics router needs means and variances, which that many samples estimate well.
+
+    Example::
+
+        moments = ClassMoments(num_classes=2, num_features=128, device=torch.device("cpu"))
+        for x, y in loader:
+            rows = moments.wanted(y)
+            if rows is None:
+                moments.add(body(x), y)
+            elif len(rows):
+                moments.add(body(x[rows]), y[rows])
+    """
+
+    def __init__(self, num_classes: int, num_features: int, device: torch.device,
+                 per_class: int = FEATURE_SAMPLES) -> None:
         self.count = torch.zeros(num_classes, dtype=torch.float64, device=device)
         self.sum = torch.zeros(num_classes, num_features, dtype=torch.float64, device=device)
         self.squares = torch.zeros(num_classes, num_features, dtype=torch.float64, device=device)
+        self.per_class = per_class
+
+    def wanted(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """The rows of a batch with targets ``labels`` whose class still wants samples: ``None``
+        for every row (no class has enough yet), else their indices (maybe none)."""
+        full = self.count >= self.per_class
+        if not bool(full.any()):
+            return None
+        classes = class_indices(labels, len(self.count), len(labels)).to(full.device)
+        return (~full[classes]).nonzero().flatten().to(labels.device)
 
     def add(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch; targets that are not class indices (a custom loss) count as one class."""
