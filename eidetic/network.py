@@ -29,7 +29,7 @@ from .guarantee.masks import Mask
 from .inference import export as exporting
 from .inference import predict as prediction
 from .inference.heads import TaskHeads
-from .state import State, body_parameters, device, features, require_graph
+from .state import State, body_parameters, check_batch, device, features, require_graph
 from .state import example as synthetic_batch
 from .training import task as tasks
 from .training.data import as_loader
@@ -203,7 +203,9 @@ class ContinualNetwork(nn.Module):
                 scores = net.logits(x, task=0)
         """
         if not isinstance(task, int) or not 0 <= task < self.num_tasks:
-            raise TaskError(f"task {task!r} has no head; trained tasks are 0..{self.num_tasks - 1}")
+            trained = f"trained tasks are 0..{self.num_tasks - 1}" if self.num_tasks else "no task is trained yet"
+            raise TaskError(f"task {task!r} has no head; {trained}")
+        check_batch(self, x, f"logits(x, task={task})")
         return self.heads.output(features(self, x, task), task)
 
     predict = prediction.predict

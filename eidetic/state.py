@@ -21,7 +21,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from .errors import GraphError
+from .errors import GraphError, TaskError
 from .graph import UnitGraph
 from .guarantee.eras import AlignedInputs, Eras
 from .guarantee.guard import Guard
@@ -150,6 +150,20 @@ def example(net: Network) -> torch.Tensor:
     """The synthetic batch of the network's input shape and dtype, on its device."""
     state = net._eidetic
     return synthetic_example(state.input_shape, state.input_dtype, device(net))
+
+
+def check_batch(net: Network, x: object, call: str) -> None:
+    """Refuse, naming ``call``, what is not a batch of the inputs the network was set up with: a
+    tensor of that per-sample shape, of a floating dtype if those were floating (else an integer one)."""
+    state = net._eidetic
+    shape, dtype = state.input_shape, state.input_dtype
+    if not isinstance(x, torch.Tensor) or x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != shape:
+        got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
+        raise TaskError(f"{call}: x must be a batch of inputs of shape (N, {', '.join(map(str, shape))}), the shape "
+                        f"the network was set up with; got {got}")
+    if x.dtype.is_floating_point != dtype.is_floating_point or x.is_complex():
+        raise TaskError(f"{call}: x has dtype {x.dtype}, but the network was set up with {dtype} inputs; "
+                        f"pass x.to({dtype})")
 
 
 def features(net: Network, x: torch.Tensor, task: int) -> torch.Tensor:

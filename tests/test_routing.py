@@ -312,12 +312,22 @@ def test_token_inputs_are_refused_by_the_gaussian_router_at_set_up():
         net.predict(data.tensors[0], router="gaussian")
 
 
-def test_predict_refuses_inputs_of_the_wrong_shape(trained):
-    net, _ = trained
-    with pytest.raises(eidetic.TaskError, match=r"shape \(N, 8\)"):
-        net.predict(torch.randn(8))
-    with pytest.raises(eidetic.TaskError, match="router models inputs of shape"):
-        net.predict(torch.randn(4, 9), router="gaussian")
+def test_predict_and_logits_refuse_what_is_not_a_batch_of_the_network_inputs():
+    net = train(separable_tasks(tasks=2), memory=32)  # its own: the learned router not fitted yet
+    keys = net.state_dict().keys()
+    before = {k: v.clone() for k, v in net.state_dict().items() if isinstance(v, torch.Tensor)}
+    refused = [(torch.randn(8), r"shape \(N, 8\).*got shape \(8,\)"), (torch.randn(4, 9), r"got shape \(4, 9\)"),
+               ([[0.0] * 8], "got a list"), (torch.zeros(4, 8, dtype=torch.long), "dtype torch.int64.*torch.float32")]
+    for x, message in refused:
+        for router in (None, "gaussian", "learned"):
+            with pytest.raises(eidetic.TaskError, match=r"predict\(x\): .*" + message):
+                net.predict(x, router=router)
+        with pytest.raises(eidetic.TaskError, match=r"logits\(x, task=0\): .*" + message):
+            net.logits(x, 0)
+    # refused before anything ran: the learned router was not fitted on the way
+    assert net._eidetic.routers.learned.fitted_tasks == 0
+    after = net.state_dict()
+    assert after.keys() == keys and all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_the_statistics_router_routes_separable_tasks_far_better_than_chance(trained):

@@ -274,6 +274,8 @@ def test_logits_needs_a_trained_task():
     net = trained(1)
     with pytest.raises(eidetic.TaskError, match="task 1 has no head"):
         net.logits(torch.randn(2, 6), task=1)
+    with pytest.raises(eidetic.TaskError, match="task 0 has no head; no task is trained yet"):
+        MLP({"in": 6, "widths": [8], "bn": False, "act": "relu"}).logits(torch.randn(2, 6), task=0)
 
 
 def test_pruning_none_gives_every_free_unit_to_the_task():

@@ -109,10 +109,11 @@ def _float_in(low: float, high: float, *, low_open: bool = False, high_open: boo
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default unless it has none or its help already says it."""
+    """Shows an option's default unless it has none, is a switch (a ``--no-...`` flag's default True
+    would read as the flag being on), or its help already says it."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False or "(default:" in (action.help or ""):
+        if (action.default is None or isinstance(action.default, bool) or "(default:" in (action.help or "")):
             return action.help
         return super()._get_help_string(action)
 

@@ -99,9 +99,10 @@ def find_cifar(root: str | Path, name: str = "cifar10") -> Path:
         folder = find_cifar("data", "cifar100")        # data/cifar-100-python
     """
     release, root = _release(name), Path(root)
-    hint = "download=True (--download on the command line) fetches it with torchvision"
+    hint = ("give the folder that holds it (--data-dir on the command line), or download=True (--download) to "
+            "fetch it with torchvision")
     if not root.is_dir():
-        raise FileNotFoundError(f"{release.title} data folder {root} does not exist: expected "
+        raise FileNotFoundError(f"{release.title} data folder '{root}' ({root.resolve()}) does not exist: expected "
                                 f"{_layout(release, root)}; {hint}")
     for folder in (root, root / release.folder):
         present = [f for f in release.files if (folder / f).is_file()]

@@ -59,9 +59,11 @@ def find_imagenette(root: str | Path) -> Path:
         find_imagenette("data")             # data/imagenette2-320
     """
     root = Path(root)
-    hint = "download=True (--download on the command line) fetches it with torchvision"
+    hint = ("give the folder that holds it (--data-dir on the command line), or download=True (--download) to "
+            "fetch it with torchvision")
     if not root.is_dir():
-        raise FileNotFoundError(f"Imagenette data folder {root} does not exist: expected {_layout(root)}; {hint}")
+        raise FileNotFoundError(f"Imagenette data folder '{root}' ({root.resolve()}) does not exist: expected "
+                                f"{_layout(root)}; {hint}")
     if any((root / s).is_dir() for s in SPLITS):
         return root
     found = [root / f for f in RELEASES.values() if all((root / f / s).is_dir() for s in SPLITS)]

@@ -59,8 +59,9 @@ def find_mnist(root: str | Path, dataset: str = "MNIST") -> dict[str, Path]:
     layout = (f"the IDX files {_NAMES['test_images']}[.gz], {_NAMES['test_labels']}[.gz] (and the train-* pair) in "
               f"it or in {root / dataset / 'raw'} (torchvision's layout)")
     if not root.is_dir():
-        raise FileNotFoundError(f"{title} data folder {root} does not exist: expected {layout}; download=True "
-                                f"(--download on the command line) fetches them with torchvision")
+        raise FileNotFoundError(f"{title} data folder '{root}' ({root.resolve()}) does not exist: expected {layout}; "
+                                f"give the folder that holds them (--data-dir on the command line), or "
+                                f"download=True (--download) to fetch them with torchvision")
     folders = [root, root / dataset / "raw", root / "raw"]
     for folder in folders:
         found = {key: _find_file(folder, name) for key, name in _NAMES.items()}
@@ -75,8 +76,8 @@ def find_mnist(root: str | Path, dataset: str = "MNIST") -> dict[str, Path]:
         return {k: v for k, v in found.items() if v is not None}
     where = ", ".join(str(f) for f in folders)
     raise FileNotFoundError(f"no {title} files found: looked for {_NAMES['test_images']}[.gz] and "
-                            f"{_NAMES['test_labels']}[.gz] in {where}; download=True (--download on the command "
-                            f"line) fetches them with torchvision")
+                            f"{_NAMES['test_labels']}[.gz] in {where}; give the folder that holds them (--data-dir "
+                            f"on the command line), or download=True (--download) to fetch them with torchvision")
 
 
 def _find_file(folder: Path, name: str) -> Path | None:

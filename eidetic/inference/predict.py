@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..errors import TaskError
 from ..guarantee.lifecycle import make_guard, release_free_units
 from ..guarantee.slices import head_columns
-from ..state import Network, device, features, reference_tensor
+from ..state import Network, check_batch, device, features, reference_tensor
 from ..training.data import as_loader, batches
 from ..training.task import Data, session, trainable
 from .memory import Reservoir
@@ -50,8 +50,8 @@ def predict(net: Network, x: torch.Tensor, router=None) -> Prediction:
     tasks = state.frozen_tasks
     if tasks == 0:
         raise TaskError("predict() needs at least one finished task")
+    check_batch(net, x, "predict(x)")
     chosen = state.routers.choose(router, tasks)
-    _check_inputs(state, x, chosen)
     if chosen is state.routers.learned and chosen.fitted_tasks < tasks:
         fit_router(net)  # the first prediction since new tasks or re-initialised free units
     shared = net(x).flatten(1)
@@ -64,19 +64,6 @@ def predict(net: Network, x: torch.Tensor, router=None) -> Prediction:
         if len(rows):
             logits[k] = logits[k].index_copy(0, rows, net.heads.output(features(net, x[rows], k), k))
     return route(scores, logits) if masked else prediction
-
-
-def _check_inputs(state, x, router) -> None:
-    """Refuse what is not a batch of the network's inputs (any per-sample shape for routers
-    that do not read the inputs, the network's own for those that do)."""
-    expected = state.input_shape
-    if not isinstance(x, torch.Tensor) or x.dim() != len(expected) + 1:
-        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise TaskError(f"predict(x): x must be a batch of inputs of shape (N, {', '.join(map(str, expected))}), "
-                        f"got {got}")
-    if getattr(router, "reads_inputs", False) and tuple(x.shape[1:]) != expected:
-        raise TaskError(f"predict(x): the router models inputs of shape {expected} (the network's), got "
-                        f"{tuple(x.shape[1:])} per input; pass inputs of that shape, or router='learned'")
 
 
 def fit_router(net: Network, data: Sequence[Data] | None = None, *, batch_size: int | None = None,
