@@ -299,11 +299,28 @@ def test_a_task_that_leaves_fewer_free_units_than_it_kept_is_reported(caplog):
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 1 and "task 1 left fewer free units than it kept" in warned[0]
     assert "fcs.0: kept 4, 0 free" in warned[0] and "Pruning(tasks=T)" in warned[0]
+    assert "recovery epoch" not in warned[0]  # no pruning: nothing ran out
     caplog.clear()
     planned = MLP(SPEC)
     with caplog.at_level("WARNING", logger="eidetic"):
         planned.train_task(0, data(), pruning=eidetic.Pruning(tasks=1), **kwargs)  # planned: the share decides
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_a_task_whose_pruning_ran_out_of_recovery_says_how_to_give_it_more(caplog):
+    torch.manual_seed(0)
+    net = MLP(SPEC)
+
+    def alive(logits, targets):  # the share of fcs.0's units with weights: below 1 after any step, forever
+        return float((net.fcs[0].weight.detach().abs().sum(1) > 0).float().mean())
+
+    with caplog.at_level("WARNING", logger="eidetic"):  # so every step uses its whole recovery, then rolls back
+        report = net.train_task(0, data(), batch_size=8, num_classes=3, optimizer=adam, epochs=1, progress=False,
+                                metric=alive, pruning=eidetic.Pruning(tolerance=0.0, recovery_epochs=2))
+    assert report.prune_steps and not any(s.accepted for s in report.prune_steps)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "task 0 left fewer free units than it kept" in warned[0]
+    assert "2 recovery epoch(s) (8 optimizer steps)" in warned[0] and "Pruning(recovery_epochs=...)" in warned[0]
 
 
 def test_capacity_counts_owned_free_and_reused_units():

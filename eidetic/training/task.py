@@ -163,19 +163,33 @@ def _finish(net: Network, learned: TaskSession, plan: Plan, train_loader: DataLo
     report.free_units = net._eidetic.ownership.free_counts()
     report.parameters = sum(p.numel() for p in net.parameters())
     if finish and not (isinstance(pruning, Pruning) and pruning.tasks is not None):
-        _warn_if_short(report)
+        _warn_if_short(report, pruning)
 
 
-def _warn_if_short(report: TaskReport) -> None:
+def _warn_if_short(report: TaskReport, pruning) -> None:
     """Log a warning where the task kept more units of a group than it left free: the next task
-    can own at most what is free (nothing is planned without ``Pruning(tasks=...)``)."""
+    can own at most what is free (nothing is planned without ``Pruning(tasks=...)``); say so too
+    where the loop stopped because a step's recovery ran out of epochs."""
     short = {key: (kept, report.free_units.get(key, 0)) for key, kept in report.units.items()
              if report.free_units.get(key, 0) < kept}
-    if short:
-        groups = ", ".join(f"{key}: kept {kept}, {free} free" for key, (kept, free) in short.items())
-        log.warning("task %d left fewer free units than it kept (%s): a later task can own at most the free ones. "
-                    "Pass Pruning(tasks=T) to give each of T tasks its share, or widen the groups with "
-                    "net.widen({...}) before the next task", report.task, groups)
+    if not short:
+        return
+    groups = ", ".join(f"{key}: kept {kept}, {free} free" for key, (kept, free) in short.items())
+    log.warning("task %d left fewer free units than it kept (%s): a later task can own at most the free ones. "
+                "Pass Pruning(tasks=T) to give each of T tasks its share, or widen the groups with "
+                "net.widen({...}) before the next task%s", report.task, groups, _ran_out(report, pruning))
+
+
+def _ran_out(report: TaskReport, pruning) -> str:
+    """Why the pruning loop stopped, where a rolled-back step used its whole recovery."""
+    if not isinstance(pruning, Pruning) or not pruning.recovery_epochs:
+        return ""
+    spent = [s for s in report.prune_steps if not s.accepted and s.epochs >= pruning.recovery_epochs]
+    if not spent:
+        return ""
+    return (f". Its pruning stopped when {pruning.recovery_epochs} recovery epoch(s) ({spent[-1].steps} optimizer "
+            f"steps) did not bring the metric back within the tolerance of {pruning.tolerance}: with few batches an "
+            f"epoch, allow more recovery (Pruning(recovery_epochs=...)) or train for longer (epochs=...)")
 
 
 def learn(net: Network, plan: Plan) -> TaskSession:
