@@ -172,6 +172,27 @@ def test_exported_lsg_tasks_match_after_growth_and_released_kernels():
             _close(out, net.logits(x, k))
 
 
+def test_exported_masked_task_after_its_recurrent_layer_grew():
+    """A recurrent layer keeps its whole width in the export (it cannot be resized), free units
+    included, and in task 0's masked view the network computes those at the shape the layer had
+    when task 0 ended; no head reads them, so only the tasks' own units are compared, and every
+    task's logits match."""
+    spec = {"kind": "LSTM", "layers": 1, "bidirectional": False, "hidden": 8, "batch_first": True,
+            "packed": False, "read": "last", "embed": 0}
+    torch.manual_seed(0)
+    net = type("LSGSeqNet", (eidetic.LSGMixin, SeqNet), {})(spec)
+    growth = eidetic.SparseGrowth(mask_lr=1e-2, max_ratio=3.0, select=False, release=False)
+    _trained(net, (STEPS, FEATURES), 2, eidetic.Pruning(step=0.5, max_steps=2, tolerance=0.99), seed=1,
+             goal=1.0, growth=growth)
+    state = net._eidetic
+    assert state.eras.records and state.masks.has(0)  # grew with task 0 frozen and masked
+    assert (state.ownership.owner["rnn"][:spec["hidden"]] == -1).any()  # free units where the layer was then
+    x = torch.randn(9, STEPS, FEATURES)
+    with torch.no_grad():
+        for k, out in enumerate(net.export()(x)):
+            _close(out, net.logits(x, k))
+
+
 def test_export_after_widening():
     """Heads from before a widening read their old features at their new positions."""
     torch.manual_seed(3)

@@ -113,13 +113,16 @@ class Deployment(nn.Module):
         self.views = [mask_task for mask_task, _ in views]
         self.heads = nn.ModuleDict()
         self.columns: list[torch.Tensor] = []  # per view: the feature positions its body gives
+        self.checked: list[torch.Tensor] = []  # per view: which of them are its tasks' own (or read)
         self.source: dict[int, tuple[int, str]] = {}  # task: (view, head key)
         for v, (mask_task, view_tasks) in enumerate(views):
-            keep = _kept_units(net, max(view_tasks) if mask_task is not None or scorer is None else None,
-                               free=mask_task is None and getattr(scorer, "reads_free_units", False))
-            body, columns = _pruned_body(net, keep, mask_task)
+            last = max(view_tasks) if mask_task is not None or scorer is None else None
+            free = mask_task is None and getattr(scorer, "reads_free_units", False)
+            body, columns = _pruned_body(net, _kept_units(net, last, free), mask_task)
             self.bodies.append(body)
             self.columns.append(columns)
+            own = _kept_inputs(net, FEATURES, net.graph.feature_dim, _owned_units(net, last, free))
+            self.checked.append(torch.isin(columns, own).nonzero().flatten())
             for k in view_tasks:
                 self.heads[f"{v}_{k}"] = _pruned_head(net, k, columns)
                 if k in tasks and (k not in self.source or mask_task is not None):
@@ -152,16 +155,22 @@ def _routed(scores: torch.Tensor, logits: list[torch.Tensor], tasks: list[int]) 
     return torch.tensor(tasks, device=pick.device)[pick], label
 
 
-def _kept_units(net: Network, last: int | None, free: bool = False) -> UnitMasks:
+def _owned_units(net: Network, last: int | None, free: bool = False) -> UnitMasks:
     """Units owned by tasks ``0..last`` (every finished task for ``None``; with ``free``, the
-    free units too: the learned router reads them), and every unit of a group that a layer
-    eidetic cannot resize produces or reads, or that only pass-through layers (BatchNorm,
-    depthwise convolutions) produce from the raw input."""
+    free units too: the learned router reads them)."""
+    owned = {}
+    for key, owner in net._eidetic.ownership.owner.items():
+        mine = (owner != FREE) | free
+        owned[key] = mine if last is None else mine & (owner <= last)
+    return owned
+
+
+def _kept_units(net: Network, last: int | None, free: bool = False) -> UnitMasks:
+    """The :func:`_owned_units`, and every unit of a group that a layer eidetic cannot resize
+    produces or reads, or that only pass-through layers (BatchNorm, depthwise convolutions)
+    produce from the raw input."""
     state = net._eidetic
-    keep = {}
-    for key, owner in state.ownership.owner.items():
-        owned = (owner != FREE) | free
-        keep[key] = owned if last is None else owned & (owner <= last)
+    keep = _owned_units(net, last, free)
     for name, (_module, spec) in state.layers.items():
         if _resizable(spec):
             continue
@@ -256,12 +265,16 @@ def _pruned_head(net: Network, task: int, columns: torch.Tensor) -> nn.Linear:
 
 
 def _check_views(net: Network, deployment: Deployment, example: torch.Tensor) -> None:
-    """Each pruned body gives the network's features at the kept positions, within float
-    tolerance (a forward that hard-codes a width, or an operation that mixes units, would not)."""
+    """Each pruned body gives the network's features at the positions of its tasks' own units,
+    within float tolerance (a forward that hard-codes a width, or an operation that mixes units,
+    would not). Units kept only because their layer cannot be resized (a recurrent layer's free
+    units) are not compared: no exported head reads them, and in a masked task's view the
+    network computes them at the shape the layer had when that task ended."""
     was_training = net.training
     net.eval()
     try:
-        for body, columns, mask_task in zip(deployment.bodies, deployment.columns, deployment.views):
+        for body, columns, checked, mask_task in zip(deployment.bodies, deployment.columns, deployment.checked,
+                                                     deployment.views):
             try:
                 got = body(example).flatten(1)
             except RuntimeError as error:
@@ -272,7 +285,8 @@ def _check_views(net: Network, deployment: Deployment, example: torch.Tensor) ->
                                  f"give {len(columns)}; does forward hard-code a width (view(-1, n))? Use "
                                  "flatten(1)")
             full = net(example) if mask_task is None else features(net, example, mask_task)
-            expected = full.flatten(1).index_select(1, columns.to(full.device))
+            expected = full.flatten(1).index_select(1, columns[checked].to(full.device))
+            got = got.index_select(1, checked.to(got.device))
             scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
             if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * scale):
                 difference = float((got - expected).abs().max())
