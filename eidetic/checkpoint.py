@@ -28,6 +28,7 @@ def extra_state(net: Network) -> dict:
         "single_head": net.heads.shared,
         "frozen_tasks": state.frozen_tasks,
         "groups": {g.key: g.size for g in state.graph},
+        "initial_groups": dict(state.initial_sizes),
         "owners": {k: v.clone() for k, v in state.ownership.owner.items()},
         "pruned": {k: v.clone() for k, v in state.ownership.pruned.items()},
         "routers": state.routers.state(),
@@ -53,6 +54,13 @@ def load_extra_state(net: Network, extra: dict) -> None:
     created = state.graph is None
     if created:
         net.setup(synthetic_example(shape, dtype, device(net)))
+    built = extra.get("initial_groups")  # absent from checkpoints of before it was saved
+    if built is not None and built != state.initial_sizes:
+        if created:
+            forget(net)
+        raise CheckpointError(f"the checkpoint was saved from a different architecture: its network was built with "
+                              f"unit groups {built} (grown to {extra['groups']} since), this one with "
+                              f"{state.initial_sizes}; construct it as the checkpoint's was, then load")
     sizes = {g.key: g.size for g in state.graph}
     wider = {k: extra["groups"][k] - n for k, n in sizes.items()} if sizes.keys() == extra["groups"].keys() else {}
     if shape == state.input_shape and wider and min(wider.values()) >= 0 and max(wider.values()) > 0:

@@ -79,6 +79,27 @@ def test_a_checkpoint_from_another_architecture_is_refused():
     assert other.graph is None
 
 
+def test_a_grown_checkpoint_loads_only_into_a_network_built_as_its_own_was():
+    """Loading widens a fresh instance to the checkpoint's width, but only one built at the width the
+    checkpoint's network was built at: the growth budget counts from there."""
+    net = MLP({"in": 4, "widths": [5], "bn": False, "act": "relu"})
+    net.train_task(0, TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,))), batch_size=8, num_classes=2,
+                   optimizer=lambda p: torch.optim.SGD(p, lr=0.1), epochs=1, progress=False)
+    net.widen({"fcs.0": 3})
+    narrower = MLP({"in": 4, "widths": [3], "bn": False, "act": "relu"})
+    with pytest.raises(eidetic.CheckpointError, match=r"built with unit groups \{'fcs.0': 5\}.*this one with "
+                                                      r"\{'fcs.0': 3\}"):
+        narrower.load_state_dict(net.state_dict())
+    assert narrower.graph is None
+    same = MLP({"in": 4, "widths": [5], "bn": False, "act": "relu"})
+    same.load_state_dict(net.state_dict())
+    state = same._eidetic
+    assert state.initial_sizes == {"fcs.0": 5} and state.initial_parameters == net._eidetic.initial_parameters
+    assert {g.key: g.size for g in same.graph} == {"fcs.0": 8}
+    x = torch.randn(6, 4)
+    assert torch.equal(same.eval().logits(x, 0), net.eval().logits(x, 0))
+
+
 def test_an_untrained_checkpoint_loads_into_a_fresh_network():
     net = MLP({"in": 4, "widths": [5], "bn": False, "act": "relu"})
     fresh = MLP({"in": 4, "widths": [5], "bn": False, "act": "relu"})
@@ -125,6 +146,7 @@ def test_a_checkpoint_written_by_an_earlier_version_loads_bitwise(name):
     # projection, here the identity): the same numbers, each class one Gaussian.
     state, old = net.state_dict(), saved["state_dict"]
     assert state["_extra_state"].pop("format") >= old["_extra_state"]["format"]
+    assert state["_extra_state"].pop("initial_groups") == net._eidetic.initial_sizes  # saved since; not in the old
     gaussian = state["_extra_state"]["routers"].pop("gaussian")
     old_gaussian = old["_extra_state"]["routers"]["gaussian"]
     old = {**old, "_extra_state": {**{k: v for k, v in old["_extra_state"].items() if k != "format"}, "routers": {
