@@ -96,7 +96,7 @@ def test_run_prints_the_table_and_the_folder(capsys, tmp_path):
     code, out, err = run(capsys, "run", *QUICK, "--out", tmp_path / "r", "--no-plots", "--router", "statistics")
     assert code == 0, err
     assert "after  task 0" in out and "average accuracy" in out and "BWT +0.0000" in out
-    assert "routing accuracy" in out and "task 2/2" in out and "units per layer" in out
+    assert "routing accuracy" in out and "task 1 (2 of 2)" in out and "units per layer" in out
     assert str(tmp_path / "r") in out
     assert not (tmp_path / "r" / "capacity.png").exists() and (tmp_path / "r" / "model.pt").is_file()
 
@@ -197,7 +197,7 @@ def test_cpg_checkpoint_reloads_bitwise(cpg_run):
 def test_cpg_from_main(capsys, tmp_path):
     code, out, err = run(capsys, "run", *CPG, "--tasks", "1", "--pick-lr", "1e-3", "--out", tmp_path)
     assert code == 0, err
-    assert "task 1/1 [0,1]" in out and "attempt(s)" in out and "BWT +0.0000" in out
+    assert "task 0 (1 of 1) [0,1]" in out and "attempt(s)" in out and "BWT +0.0000" in out
     document = json.loads((tmp_path / "results.json").read_text())
     assert document["config"]["pick_lr"] == 1e-3 and document["config"]["tasks"] == 1
 
@@ -245,7 +245,7 @@ def test_lsg_grows_from_a_seed_and_prints_the_parameters_per_task(capsys, tmp_pa
     reports = document["results"]["reports"]
     assert reports[0]["grown"] == {} and reports[1]["grown"]  # the first task does not grow, as in CPG
     for k, report in enumerate(reports):
-        assert f"task {k + 1}/2" in out and f"{report['parameters']:,} parameters" in out
+        assert f"task {k} ({k + 1} of 2)" in out and f"{report['parameters']:,} parameters" in out
     units = {row["group"]: row["total"] for row in document["capacity"]["layers"]}
     assert units == {g: 4 + sum(r["grown"].get(g, 0) for r in reports) for g in units}
     assert all(n <= 12 for n in units.values())  # 3 times the seed at most
@@ -332,7 +332,7 @@ def test_missing_matplotlib_is_reported_before_training(capsys, tmp_path, monkey
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     code, out, err = run(capsys, "run", *QUICK, "--out", tmp_path / "o")
     assert code == 1 and "needs matplotlib" in err and "--no-plots" in err
-    assert "task 1/2" not in out
+    assert "task 0 (1 of 2)" not in out
 
 
 def test_help_and_version(capsys):

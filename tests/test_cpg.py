@@ -388,7 +388,7 @@ def _unchanged(net, saved, tasks):
     ({"goal": 1.5}, eidetic.TaskError, r"goal=1.5"),
     ({"goal": -0.1}, eidetic.TaskError, r"\[0, 1\]"),
     ({"picking": "yes"}, eidetic.TaskError, "eidetic.Picking"),
-    ({"growing": eidetic.Growing(groups=("nope",))}, eidetic.TaskError, "no unit group"),
+    ({"growing": eidetic.Growing(groups=("nope",))}, eidetic.TaskError, r"Growing\(groups=...\): no unit group"),
     ({"goal": 0.5, "optimizer": "instance"}, eidetic.TaskError, "factory"),
     ({"picking": eidetic.Picking(layers=("bn",))}, eidetic.TaskError, "not layers with weights"),
 ])

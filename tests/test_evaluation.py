@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 import eidetic
 from eidetic.evaluation.runs import Evaluation, TaskEvaluation
@@ -74,5 +74,9 @@ def test_evaluate_without_a_router_and_its_errors():
     assert evaluation.oracle == evaluation.tasks[0].oracle
     with pytest.raises(eidetic.TaskError, match="test data for each of the 1 finished tasks"):
         eidetic.evaluate(net, [], batch_size=16)
+    for one in (tasks[0].test, DataLoader(tasks[0].test, batch_size=16)):  # one data set, not one per task
+        with pytest.raises(eidetic.TaskError, match=r"one DataLoader or Dataset per task.*got a (TensorDataset|"
+                                                    r"DataLoader)"):
+            eidetic.evaluate(net, one, batch_size=16)
     with pytest.raises(eidetic.TaskError, match="starts from a fresh network"):
         eidetic.run_tasks(net, tasks, batch_size=16, epochs=1, optimizer=lambda p: torch.optim.Adam(p))

@@ -122,10 +122,11 @@ def test_exported_router_answers_as_predict(router):
         assert torch.equal(task, torch.tensor([0, 2])[scores.argmax(dim=1)])
 
 
-@pytest.mark.parametrize("router", ["gaussian", "discriminant"])
+@pytest.mark.parametrize("router", ["gaussian", "discriminant", "learned"])
 def test_exporting_before_any_predict_leaves_the_router_usable(router):
     """The routers cache constants on first use; the first use being the export's trace, the
-    cache must not keep the tracer's fake tensors (predict then returned fake tensors)."""
+    cache must not keep the tracer's fake tensors (predict then returned fake tensors). The
+    learned router is fitted there, as predict would fit it."""
     torch.manual_seed(5)
     net = _trained(MLP({"in": 6, "widths": [8, 8], "bn": True, "act": "relu"}), (6,), 2, None, seed=5)
     x = torch.randn(11, 6)
@@ -241,7 +242,7 @@ def test_export_refusals_name_the_cause():
         net.export()
     _trained(net, (4,), 1, eidetic.Pruning(step=0.5, max_steps=1, tolerance=0.99), seed=5)
     for tasks, message in [(3, "task 3 is not a finished task"), ([0, 0], "each task once"),
-                           ([], "at least one")]:
+                           ([], "at least one"), (1.0, "give a task id"), ("0", "give a task id")]:
         with pytest.raises(eidetic.TaskError, match=message):
             net.export(tasks)
 

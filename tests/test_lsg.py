@@ -139,6 +139,18 @@ def test_a_seed_too_small_grows_and_stops_once_the_goal_is_met():
     assert net.parameter_count() > before + 3 * (1 + 1)  # more than the head it added
 
 
+def test_a_network_with_no_group_that_can_grow_says_so():
+    """A stacked LSTM's units are split in blocks, which growth cannot give back one by one."""
+    spec = {"kind": "LSTM", "layers": 2, "bidirectional": False, "hidden": 4, "batch_first": True,
+            "packed": False, "read": "last", "embed": 0}
+    torch.manual_seed(0)
+    net = _LSG[SeqNet](spec)
+    for t in range(2):
+        report = net.train_task(t, _loader((STEPS, FEATURES), 2, t), num_classes=2, epochs=1, goal=1.0,
+                                optimizer=lambda p: torch.optim.Adam(p, lr=1e-2), progress=False)
+    assert not report.grown and "no group can grow" in report.growth_stop
+
+
 def test_a_task_the_seed_can_solve_grows_nothing():
     torch.manual_seed(0)
     net = Net(width=8)
@@ -303,7 +315,7 @@ def _state(net):
     ({"growth": eidetic.Growing()}, "SparseGrowth"),
     ({"goal": 0.9, "optimizer": "instance"}, "optimizer instance"),
     ({"precision": "fp16"}, "fp16"),
-    ({"goal": 0.9, "growth": eidetic.SparseGrowth(groups=("nope",))}, "nope"),
+    ({"goal": 0.9, "growth": eidetic.SparseGrowth(groups=("nope",))}, r"SparseGrowth\(groups=...\): no unit group"),
 ])
 def test_bad_configurations_are_refused_and_change_nothing(kwargs, match):
     torch.manual_seed(0)

@@ -209,7 +209,7 @@ def _task_line(k: int, total: int, classes: list[int], report, evaluation, param
         f"goal {'met' if report.goal_met else 'missed'}, {len(report.attempts)} attempt(s), kept "
         f"{report.kept_attempt + 1}, grew {sum(report.grown.values())} units, ")
     size = f"{report.parameters:,} parameters, " if parameters else ""
-    return (f"task {k + 1}/{total} [{names}]: train acc {report.final_metric:.3f}, "
+    return (f"task {k} ({k + 1} of {total}) [{names}]: train acc {report.final_metric:.3f}, "
             f"{kept}/{len(report.prune_steps)} pruning steps kept, {grown}{units} units frozen, {free} free, {size}"
             f"{report.seconds['total']:.1f}s | test acc of tasks so far: {accuracies}")
 

@@ -102,7 +102,8 @@ def find_cifar(root: str | Path, name: str = "cifar10") -> Path:
     hint = ("give the folder that holds it (--data-dir on the command line), or download=True (--download) to "
             "fetch it with torchvision")
     if not root.is_dir():
-        raise FileNotFoundError(f"{release.title} data folder '{root}' ({root.resolve()}) does not exist: expected "
+        where = f"'{root}'" if root.is_absolute() else f"'{root}' ({root.resolve()})"
+        raise FileNotFoundError(f"{release.title} data folder {where} does not exist: expected "
                                 f"{_layout(release, root)}; {hint}")
     for folder in (root, root / release.folder):
         present = [f for f in release.files if (folder / f).is_file()]

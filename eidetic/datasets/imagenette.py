@@ -62,7 +62,8 @@ def find_imagenette(root: str | Path) -> Path:
     hint = ("give the folder that holds it (--data-dir on the command line), or download=True (--download) to "
             "fetch it with torchvision")
     if not root.is_dir():
-        raise FileNotFoundError(f"Imagenette data folder '{root}' ({root.resolve()}) does not exist: expected "
+        where = f"'{root}'" if root.is_absolute() else f"'{root}' ({root.resolve()})"
+        raise FileNotFoundError(f"Imagenette data folder {where} does not exist: expected "
                                 f"{_layout(root)}; {hint}")
     if any((root / s).is_dir() for s in SPLITS):
         return root

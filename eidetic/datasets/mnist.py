@@ -59,7 +59,8 @@ def find_mnist(root: str | Path, dataset: str = "MNIST") -> dict[str, Path]:
     layout = (f"the IDX files {_NAMES['test_images']}[.gz], {_NAMES['test_labels']}[.gz] (and the train-* pair) in "
               f"it or in {root / dataset / 'raw'} (torchvision's layout)")
     if not root.is_dir():
-        raise FileNotFoundError(f"{title} data folder '{root}' ({root.resolve()}) does not exist: expected {layout}; "
+        where = f"'{root}'" if root.is_absolute() else f"'{root}' ({root.resolve()})"
+        raise FileNotFoundError(f"{title} data folder {where} does not exist: expected {layout}; "
                                 f"give the folder that holds them (--data-dir on the command line), or "
                                 f"download=True (--download) to fetch them with torchvision")
     folders = [root, root / dataset / "raw", root / "raw"]

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from ..errors import TaskError
 from ..state import device
@@ -78,6 +79,9 @@ def evaluate(net, test_data: Sequence, *, batch_size: int | None = None, router=
         print(result.oracle, result.routing, result.routed)
     """
     tasks = net._eidetic.frozen_tasks
+    if isinstance(test_data, (Dataset, DataLoader)) or not isinstance(test_data, Sequence):
+        raise TaskError(f"evaluate(test_data=...): give one DataLoader or Dataset per task, in a list "
+                        f"(test_data[k] for task k), got a {type(test_data).__name__}")
     if len(test_data) < tasks:
         raise TaskError(f"evaluate needs test data for each of the {tasks} finished tasks, got {len(test_data)}")
     was_training = net.training

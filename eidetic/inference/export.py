@@ -37,6 +37,7 @@ from ..guarantee.eras import unblocked
 from ..guarantee.ownership import FREE
 from ..guarantee.slices import in_mask, out_positions
 from ..state import Network, example, features
+from .predict import fit_router
 from .routing import router_scores
 
 UnitMasks = dict[str, torch.Tensor]
@@ -78,6 +79,8 @@ def export(net: Network, tasks: int | Sequence[int] | None = None, router=None) 
         raise TaskError("export() needs at least one finished task")
     chosen = _chosen_tasks(tasks, frozen)
     scorer = None if router is None else state.routers.choose(None if router == "auto" else router, frozen)
+    if scorer is state.routers.learned and scorer.fitted_tasks < frozen:
+        fit_router(net)  # as predict does: fitted when first needed after new tasks
     masked = [k for k in chosen if state.masks.has(k)]
     shared_tasks = list(range(frozen)) if scorer is not None else [k for k in chosen if k not in masked]
     views: list[tuple[int | None, list[int]]] = []  # (masked task or None, tasks whose logits it gives)
@@ -93,6 +96,9 @@ def export(net: Network, tasks: int | Sequence[int] | None = None, router=None) 
 
 
 def _chosen_tasks(tasks, frozen: int) -> list[int]:
+    if (not isinstance(tasks, (int, Sequence)) and tasks is not None) or isinstance(tasks, (bool, str)):
+        raise TaskError(f"export(tasks={tasks!r}): give a task id, a sequence of task ids, or None (every finished "
+                        "task)")
     chosen = [tasks] if isinstance(tasks, int) else list(range(frozen)) if tasks is None else list(tasks)
     for k in chosen:
         if not isinstance(k, int) or not 0 <= k < frozen:

@@ -167,8 +167,9 @@ class CPGMixin:
         request = within_budget(self, full, growing.max_ratio)
         if not request:
             return spent(self, growing.max_ratio)
-        if not try_widen(self, request):
-            return "widening refused (see the warning above)"
+        refused = try_widen(self, request)
+        if refused:
+            return refused
         if body_size(self) > budget(self, growing.max_ratio):  # parameter_growth counts exactly: never here
             self._undo_widening()
             return spent(self, growing.max_ratio)

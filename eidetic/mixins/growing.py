@@ -54,16 +54,22 @@ class Growing:
     def request(self, graph, layers, initial: dict[str, int]) -> dict[str, int]:
         """``{group: units to add}`` for one growth step; raises if a named group cannot grow.
         Without named groups, the groups that cannot be widened are left out."""
-        return {key: self._units(initial.get(key, 1)) for key in widenable_groups(graph, layers, self.groups)}
+        keys = widenable_groups(graph, layers, self.groups, "Growing")
+        return {key: self._units(initial.get(key, 1)) for key in keys}
 
     def _units(self, size: int) -> int:
         return self.step if isinstance(self.step, int) else max(1, math.ceil(self.step * size))
 
 
-def widenable_groups(graph, layers, groups: tuple[str, ...] | None) -> list[str]:
-    """The groups a growth step widens: ``groups``, checked (raises if one cannot be widened),
-    or, for ``None``, every group that can be widened."""
+def widenable_groups(graph, layers, groups: tuple[str, ...] | None, owner: str) -> list[str]:
+    """The groups a growth step widens: ``groups``, checked (raises, naming ``owner``'s
+    ``groups``, if one is unknown or cannot be widened), or, for ``None``, every group that can be
+    widened."""
     if groups is not None:
+        unknown = [key for key in groups if key not in set(graph.keys())]
+        if unknown:
+            raise TaskError(f"{owner}(groups=...): no unit group {unknown}; the groups are {graph.keys()} (see "
+                            "net.graph.describe())")
         check_request(graph, dict.fromkeys(groups, 1))
         check_widenable(layers, graph, dict.fromkeys(groups, 1))
         return list(groups)

@@ -153,12 +153,16 @@ class LSGMixin:
         state = self._eidetic
         full = growth.request(state.graph, state.layers, state.initial_sizes)
         if not full:
+            if not growth.growable(state.graph, state.layers):
+                return ("no group can grow (a stacked or bidirectional recurrent layer's units are split in "
+                        "blocks; other layers that cannot be widened: docs/widening.md)")
             return f"every group is at its maximum width ({growth.max_width:g}x its size at set-up)"
         request = within_budget(self, full, growth.max_ratio)
         if not request:
             return spent(self, growth.max_ratio)
-        if not try_widen(self, request):
-            return "widening refused (see the warning above)"
+        refused = try_widen(self, request)
+        if refused:
+            return refused
         if body_size(self) > budget(self, growth.max_ratio):  # parameter_growth counts exactly: never here
             self._undo_widening()
             return spent(self, growth.max_ratio)

@@ -96,7 +96,7 @@ class SparseGrowth:
 
     def growable(self, graph, layers) -> list[str]:
         """The groups a growth step widens; raises if a named group cannot grow."""
-        keys = widenable_groups(graph, layers, self.groups)
+        keys = widenable_groups(graph, layers, self.groups, "SparseGrowth")
         split = [key for key in keys if len(graph[key].blocks(layers)) > 1]
         if split and self.groups is not None:
             raise UnsupportedLayerError(f"SparseGrowth(groups=...): group(s) {split} are split in blocks (a stacked "

@@ -14,14 +14,14 @@ from ..training.session import Plan, TaskSession
 log = logging.getLogger("eidetic")
 
 
-def try_widen(net, request: dict[str, int]) -> bool:
-    """Widen the open task's network by ``request``; ``False`` (logged) where widening refuses."""
+def try_widen(net, request: dict[str, int]) -> str | None:
+    """Widen the open task's network by ``request``; ``None`` if it did, else why not (also logged)."""
     try:
         net._widen(request)
     except GraphError as error:
         log.warning("task %d: cannot grow further: %s", net.num_tasks - 1, error)
-        return False
-    return True
+        return f"widening refused: {error}"
+    return None
 
 
 def compact(net, session: TaskSession, plan: Plan, goal: float | None) -> None:
