@@ -56,6 +56,7 @@ def main() -> None:
         print(f"{world} ranks, bitwise identical networks; every task's accuracy unchanged since it was learnt")
         if args.out:
             torch.save(net.state_dict(), args.out)
+    dist.barrier()  # the other ranks wait for rank 0's save before the group is torn down
     dist.destroy_process_group()
 
 
