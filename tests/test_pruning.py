@@ -195,6 +195,22 @@ def test_a_nan_metric_is_refused_with_a_clear_error_and_the_network_is_put_back(
     assert all(torch.equal(tensors(net)[key], value) for key, value in before.items())
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("kind", [eidetic.Pruning, eidetic.GracefulPruning])
+def test_an_importance_method_with_non_finite_scores_is_refused(bad, kind, isolated_registries):
+    """A NaN score ranks past the pruned units, so a step would remove nothing, forever."""
+    eidetic.register_importance("broken", lambda ctx: {g.key: torch.full((g.size,), bad) for g in ctx.graph})
+    torch.manual_seed(0)
+    net = MLP(SPEC)
+    net.train_task(0, data(), batch_size=8, num_classes=3, optimizer=adam, epochs=1, progress=False)
+    before = tensors(net)
+    with pytest.raises(eidetic.TaskError, match=r"importance 'broken' gave \d+ non-finite score\(s\).*'fcs.0'"):
+        net.train_task(1, data(1), batch_size=8, num_classes=3, optimizer=adam, epochs=1, progress=False,
+                       pruning=kind(method="broken", monitor="train"))
+    assert net.num_tasks == 1
+    assert all(torch.equal(tensors(net)[key], value) for key, value in before.items())
+
+
 @pytest.mark.parametrize(("pruning", "removed"), [
     (eidetic.Pruning(step=1.0, tolerance=0.0, recovery_epochs=3, max_pruning_ratio=1.0), 11),
     (eidetic.Pruning(tolerance=0.0, recovery_epochs=1, patience=5, max_pruning_ratio=1.0), 11),

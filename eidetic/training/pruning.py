@@ -284,7 +284,8 @@ def prune_until(session: TaskSession, layers, graph: UnitGraph, ownership: Owner
     steps: list[PruneStep] = []
 
     def step(fraction: float | None, threshold: float | None) -> PruneStep | None:
-        scores = distributed.average(strategy(session.scoring_context(layers, graph, config.score_batches)))
+        scores = _finite(distributed.average(strategy(session.scoring_context(layers, graph, config.score_batches))),
+                         config.method, ownership)
         alive = _alive(ownership)
         removed = select(ownership, scores, blocks, fraction if threshold is None else None, threshold, least)
         if not removed:
@@ -336,6 +337,17 @@ def _check_finite_metric(value: float, task: int, config) -> None:
                         "or pruning=None")
 
 
+def _finite(scores: dict[str, torch.Tensor], method: str, ownership: Ownership) -> dict[str, torch.Tensor]:
+    """``scores``, refused where an alive unit's score is not a finite number (a NaN would be
+    ranked past the pruned units, so that a step removes nothing and the loop never ends)."""
+    for key in ownership.group_keys():
+        bad = ~torch.isfinite(scores[key]) & ownership.alive(key).to(scores[key].device)
+        if bad.any():
+            raise TaskError(f"importance {method!r} gave {int(bad.sum())} non-finite score(s) (NaN or inf) to alive "
+                            f"units of group '{key}'; an importance method must return finite scores")
+    return scores
+
+
 def _alive(ownership: Ownership) -> int:
     return sum(int(ownership.alive(key).sum()) for key in ownership.group_keys())
 
@@ -378,8 +390,9 @@ def graceful_prune(session: TaskSession, layers, graph: UnitGraph, ownership: Ow
     """Try every threshold from the trained network; keep the sparsest result within the margin."""
     reference = measure(session, config)
     snapshot = Snapshot(session.body, session.guard, ownership)
-    scores = distributed.average(importance(config.method)(session.scoring_context(layers, graph,
-                                                                                  config.score_batches)))
+    scores = _finite(distributed.average(importance(config.method)(session.scoring_context(layers, graph,
+                                                                                          config.score_batches))),
+                     config.method, ownership)
     thresholds = sorted(config.thresholds or _quantiles(ownership, scores))
     blocks = group_blocks(layers, graph)
     alive = _alive(ownership)
