@@ -195,6 +195,32 @@ def test_a_nan_metric_is_refused_with_a_clear_error_and_the_network_is_put_back(
     assert all(torch.equal(tensors(net)[key], value) for key, value in before.items())
 
 
+def test_register_importance_checks_what_it_is_given(isolated_registries):
+    with pytest.raises(TypeError, match="non-empty str"):
+        eidetic.register_importance(123, lambda ctx: {})
+    with pytest.raises(TypeError, match="must be callable"):
+        eidetic.register_importance("mine", 3)
+    with pytest.raises(eidetic.TaskError, match="'activation' is a built-in method"):
+        eidetic.register_importance("activation", lambda ctx: {})
+    eidetic.register_importance("mine", lambda ctx: {})
+    eidetic.register_importance("mine", lambda ctx: {})  # one's own name again: replaced
+    assert "mine" in eidetic.Pruning(method="mine").method
+
+
+@pytest.mark.parametrize(("scores", "message"), [
+    (lambda ctx: {}, r"group 'fcs.0' scores of shape NoneType; it needs one score per unit, a tensor of shape \(8,\)"),
+    (lambda ctx: {g.key: torch.zeros(g.size + 1) for g in ctx.graph}, r"shape \(9,\); it needs .*\(8,\)"),
+    (lambda ctx: [0.0], "returned a list"),
+])
+def test_an_importance_method_with_scores_of_the_wrong_shape_is_refused(scores, message, isolated_registries):
+    eidetic.register_importance("wrong", scores)
+    net = MLP(SPEC)
+    with pytest.raises(eidetic.TaskError, match=message):
+        net.train_task(0, data(), batch_size=8, num_classes=3, optimizer=adam, epochs=1, progress=False,
+                       pruning=eidetic.Pruning(method="wrong"))
+    assert net.num_tasks == 0
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 @pytest.mark.parametrize("kind", [eidetic.Pruning, eidetic.GracefulPruning])
 def test_an_importance_method_with_non_finite_scores_is_refused(bad, kind, isolated_registries):

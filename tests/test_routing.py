@@ -312,6 +312,26 @@ def test_token_inputs_are_refused_by_the_gaussian_router_at_set_up():
         net.predict(data.tensors[0], router="gaussian")
 
 
+class _Shaped:
+    """A router object whose scores have the given shape for a batch of ``n`` and ``tasks`` tasks."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def scores(self, features, logits):
+        return torch.zeros(self.shape(len(features), len(logits)))
+
+
+@pytest.mark.parametrize("shape", [lambda n, t: (4, t), lambda n, t: (n, t + 1), lambda n, t: (n,)],
+                         ids=["rows", "columns", "flat"])
+def test_a_router_object_with_scores_of_the_wrong_shape_is_refused(trained, shape):
+    net, tasks = trained
+    x = tasks[0][1].tensors[0]
+    with pytest.raises(eidetic.TaskError, match=rf"gave scores of shape .*shape \({len(x)}, 3\)"):
+        net.predict(x, router=_Shaped(shape))
+    assert net.predict(x, router=_Shaped(lambda n, t: (n, t))).task.shape == (len(x),)
+
+
 def test_predict_and_logits_refuse_what_is_not_a_batch_of_the_network_inputs():
     net = train(separable_tasks(tasks=2), memory=32)  # its own: the learned router not fitted yet
     keys = net.state_dict().keys()

@@ -57,6 +57,10 @@ def predict(net: Network, x: torch.Tensor, router=None) -> Prediction:
     shared = net(x).flatten(1)
     logits = [net.heads.output(shared, k) for k in range(tasks)]
     scores = router_scores(chosen, shared, logits, x)
+    if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (len(x), tasks):
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise TaskError(f"predict(x): the router {type(chosen).__name__} gave scores of shape {got}; its scores() "
+                        f"must give one score per input and finished task, shape ({len(x)}, {tasks})")
     prediction = route(scores, logits)
     masked = [k for k in range(tasks) if state.masks.has(k)]
     for k in masked:  # a masked task's own pass, only for the inputs routed to it

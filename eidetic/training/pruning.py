@@ -251,9 +251,9 @@ def _select_block(ownership: Ownership, key: str, units: torch.Tensor, scores: t
     k = min(wanted, n - keep)
     if k <= 0:
         return 0
-    candidates = scores[units].clone()
-    candidates[~alive] = math.inf
-    ownership.pruned[key][units[torch.topk(candidates, k, largest=False).indices]] = True
+    positions = alive.nonzero().flatten()  # only alive units are candidates, whatever the other scores
+    lowest = torch.topk(scores[units][positions.to(scores.device)], k, largest=False).indices
+    ownership.pruned[key][units[positions[lowest.to(positions.device)]]] = True
     return k
 
 
@@ -338,10 +338,19 @@ def _check_finite_metric(value: float, task: int, config) -> None:
 
 
 def _finite(scores: dict[str, torch.Tensor], method: str, ownership: Ownership) -> dict[str, torch.Tensor]:
-    """``scores``, refused where an alive unit's score is not a finite number (a NaN would be
-    ranked past the pruned units, so that a step removes nothing and the loop never ends)."""
+    """``scores``, refused unless they give every group one score per unit, finite for every
+    alive unit (a NaN would rank past the pruned units, and a step remove nothing, forever)."""
+    if not isinstance(scores, dict):
+        raise TaskError(f"importance {method!r} returned a {type(scores).__name__}; return {{group key: one score "
+                        "per unit}}")
     for key in ownership.group_keys():
-        bad = ~torch.isfinite(scores[key]) & ownership.alive(key).to(scores[key].device)
+        size = len(ownership.alive(key))
+        got = scores.get(key)
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) != (size,):
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise TaskError(f"importance {method!r} gave group '{key}' scores of shape {shape}; it needs one score per "
+                            f"unit, a tensor of shape ({size},) (iterate context.graph for the groups and sizes)")
+        bad = ~torch.isfinite(got) & ownership.alive(key).to(got.device)
         if bad.any():
             raise TaskError(f"importance {method!r} gave {int(bad.sum())} non-finite score(s) (NaN or inf) to alive "
                             f"units of group '{key}'; an importance method must return finite scores")
@@ -387,30 +396,37 @@ def _length(loader) -> int | None:
 
 def graceful_prune(session: TaskSession, layers, graph: UnitGraph, ownership: Ownership,
                    config: GracefulPruning) -> tuple[float, list[PruneStep]]:
-    """Try every threshold from the trained network; keep the sparsest result within the margin."""
+    """Try every threshold from the trained network (one trial per distinct set of units it
+    removes); keep the sparsest result within the margin of the best, checked again once redone
+    (with recovery epochs, the redone training differs: the next sparsest is tried if it falls
+    short)."""
     reference = measure(session, config)
     snapshot = Snapshot(session.body, session.guard, ownership)
     scores = _finite(distributed.average(importance(config.method)(session.scoring_context(layers, graph,
                                                                                           config.score_batches))),
                      config.method, ownership)
-    thresholds = sorted(config.thresholds or _quantiles(ownership, scores))
     blocks = group_blocks(layers, graph)
     alive = _alive(ownership)
     tried: list[PruneStep] = []
-    for threshold in thresholds:
+    for threshold in sorted(set(config.thresholds or _quantiles(ownership, scores))):
         removed = select(ownership, scores, blocks, threshold=threshold)
+        if tried and removed == tried[-1].removed:  # nested selections: the same units as the last trial
+            snapshot.restore()
+            continue
         metric, epochs, trained = _apply_and_recover(session, math.inf, config)
         tried.append(PruneStep(sum(removed.values()) / alive, removed, epochs, metric, False, threshold, trained))
         snapshot.restore()
     best = max([reference] + [step.metric for step in tried])
-    within = [i for i, step in enumerate(tried) if step.metric >= best - config.margin and step.removed]
-    if within:
-        chosen = max(within, key=lambda i: (sum(tried[i].removed.values()), thresholds[i]))
-        select(ownership, scores, blocks, threshold=thresholds[chosen])
-        tried[chosen].metric, _, _ = _apply_and_recover(session, math.inf, config)
-        tried[chosen].accepted = True
-        log.info("task %d: graceful pruning keeps threshold %.4g (%d units removed, metric %.4f, best %.4f)",
-                 session.task, thresholds[chosen], sum(tried[chosen].removed.values()), tried[chosen].metric, best)
+    within = [step for step in tried if step.metric >= best - config.margin and step.removed]
+    for step in sorted(within, key=lambda s: (sum(s.removed.values()), s.threshold), reverse=True):
+        select(ownership, scores, blocks, threshold=step.threshold)
+        metric, _, _ = _apply_and_recover(session, math.inf, config)
+        if metric >= best - config.margin:
+            step.metric, step.accepted = metric, True
+            log.info("task %d: graceful pruning keeps threshold %.4g (%d units removed, metric %.4f, best %.4f)",
+                     session.task, step.threshold, sum(step.removed.values()), metric, best)
+            break
+        snapshot.restore()  # redone, it fell short of the margin: the next sparsest
     return reference, tried
 
 

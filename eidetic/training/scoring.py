@@ -171,6 +171,7 @@ _IMPORTANCE: dict[str, Importance] = {
     "random": RandomImportance(),
     "activation": Activation(),
 }
+_BUILT_IN = frozenset(_IMPORTANCE)
 
 
 def register_importance(name: str, importance: Importance) -> None:
@@ -183,7 +184,17 @@ def register_importance(name: str, importance: Importance) -> None:
                 ...  # return {group key: one score per unit}
 
         eidetic.register_importance("bias", BiasMagnitude())
+
+    A name of a built-in method is refused; registering a name of your own again replaces it.
     """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"register_importance(name={name!r}): the name is a non-empty str")
+    if not callable(importance):
+        raise TypeError(f"register_importance({name!r}, ...): the importance must be callable "
+                        f"(context -> {{group key: scores}}), got {type(importance).__name__}")
+    if name in _BUILT_IN:
+        raise TaskError(f"register_importance({name!r}, ...): {name!r} is a built-in method ({sorted(_BUILT_IN)}); "
+                        "register yours under another name")
     _IMPORTANCE[name] = importance
 
 

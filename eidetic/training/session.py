@@ -72,6 +72,11 @@ class L1Penalty:
         unknown = sorted(set(coefficients) - set(weighted))
         if unknown:
             raise TaskError(f"l1 names {unknown}, which are not layers with weights; choose among {weighted}")
+        bad = {name: c for name, c in coefficients.items()
+               if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0}
+        if bad:
+            raise TaskError(f"l1={l1!r}: a coefficient is a finite number >= 0 (a negative one rewards large "
+                            f"weights), got {bad}")
         free = ownership.masks("free")
         self.terms = []
         for name, coefficient in coefficients.items():
