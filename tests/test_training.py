@@ -332,3 +332,47 @@ def test_capacity_counts_owned_free_and_reused_units():
     assert set(first.owned) <= {0, 1}
     assert first.reused.get(1, 0) <= first.owned.get(0, 0)
     assert "layer" in str(cap) and "fcs.0" in str(cap)
+
+
+class _RunningCentre(torch.nn.Module):
+    """Subtracts a running mean of its inputs, kept in a buffer and updated in training mode:
+    state eidetic does not know how to freeze."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(size))
+        self.register_buffer("scale", torch.ones(size))  # constant: never changes
+        self.update = True
+
+    def forward(self, x):
+        if self.training and self.update:
+            self.mean.mul_(0.9).add_(0.1 * x.detach().mean(0))
+        return (x - self.mean) * self.scale
+
+
+class _Centred(eidetic.ContinualNetwork):
+    def __init__(self) -> None:
+        super().__init__()
+        self.centre, self.fc = _RunningCentre(6), torch.nn.Linear(6, 8)
+
+    def forward(self, x):
+        return torch.relu(self.fc(self.centre(x)))
+
+
+def test_a_later_task_that_changes_a_buffer_eidetic_does_not_know_is_refused_and_undone():
+    torch.manual_seed(0)
+    net = _Centred()
+    kwargs = {"batch_size": 8, "num_classes": 3, "optimizer": adam, "epochs": 1, "progress": False}
+    net.train_task(0, data(), **kwargs)  # the first task may change it: no earlier task reads it yet
+    net.eval()
+    x = torch.randn(5, 6)
+    logits = net.logits(x, 0)
+    before = state(net)
+    with pytest.raises(eidetic.TaskError, match=r"changed buffer\(s\) \['centre.mean'\]"):
+        net.train_task(1, data(seed=1), **kwargs)
+    assert net.num_tasks == 1
+    assert_same_state(net, before)
+    assert torch.equal(net.eval().logits(x, 0), logits)
+    net.centre.update = False
+    net.train_task(1, data(seed=1), **kwargs)  # buffers that stay as they were are fine
+    assert torch.equal(net.eval().logits(x, 0), logits)

@@ -40,8 +40,10 @@ def transaction(net: Network, example: torch.Tensor, optimizer):
     routers, masks = state.routers.checkpoint(), state.masks.checkpoint()
     tx = OptimizerTransaction(optimizer, state.replaced)
     state.undo = []
+    foreign = _foreign_buffers(net) if frozen else {}
     try:
         yield tx
+        _check_unchanged(foreign)
         net.train(training)
     except BaseException:
         net.train(training)
@@ -62,6 +64,30 @@ def transaction(net: Network, example: torch.Tensor, optimizer):
         raise
     finally:
         state.undo = None
+
+
+def _foreign_buffers(net: Network) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{name: (buffer, copy)}`` for the buffers of modules that are neither a layer of the unit
+    table nor the heads: eidetic does not know which of their entries earlier tasks read."""
+    known = set(net._eidetic.layers)
+    buffers = {}
+    for name, module in net.named_modules():
+        if name in known or name == "heads" or name.startswith("heads."):
+            continue
+        for key, buffer in module.named_buffers(prefix=name, recurse=False):
+            buffers[key] = (buffer, buffer.detach().clone())
+    return buffers
+
+
+def _check_unchanged(buffers: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Refuse the task (the transaction then puts everything back) if it changed one of ``buffers``:
+    earlier tasks' outputs may read them."""
+    changed = [name for name, (buffer, before) in buffers.items() if not torch.equal(buffer, before)]
+    if changed:
+        raise TaskError(f"the task changed buffer(s) {changed} of a module eidetic does not know (not a layer of the "
+                        "unit table), which earlier tasks may read: their outputs would change. Register the module "
+                        "as a layer (eidetic.register_layer, docs/extending.md), or keep that state out of its "
+                        "buffers; the network was put back as it was before this task")
 
 
 class OptimizerTransaction:
