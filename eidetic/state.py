@@ -146,10 +146,16 @@ def synthetic_example(shape: tuple[int, ...], dtype: torch.dtype, on: torch.devi
     return torch.zeros((2, *shape), dtype=dtype, device=on)
 
 
+def input_dtype(net: Network) -> torch.dtype:
+    """The dtype the network's inputs have now: for floating inputs, its parameters' (after
+    ``net.double()`` or ``net.half()``), else the set-up one (token ids)."""
+    dtype = net._eidetic.input_dtype
+    return reference_tensor(net).dtype if dtype.is_floating_point else dtype
+
+
 def example(net: Network) -> torch.Tensor:
     """The synthetic batch of the network's input shape and dtype, on its device."""
-    state = net._eidetic
-    return synthetic_example(state.input_shape, state.input_dtype, device(net))
+    return synthetic_example(net._eidetic.input_shape, input_dtype(net), device(net))
 
 
 def check_batch(net: Network, x: object, call: str) -> None:

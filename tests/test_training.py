@@ -376,3 +376,15 @@ def test_a_later_task_that_changes_a_buffer_eidetic_does_not_know_is_refused_and
     net.centre.update = False
     net.train_task(1, data(seed=1), **kwargs)  # buffers that stay as they were are fine
     assert torch.equal(net.eval().logits(x, 0), logits)
+
+
+def test_a_network_moved_to_float64_widens_checks_its_graph_and_routes():
+    """Synthetic examples and exemplars follow the parameters' dtype after ``net.double()``."""
+    net = trained(2, memory=8)
+    net.double().eval()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    logits = net.logits(x, 0)
+    net.validate_graph()
+    assert net.predict(x, router="learned").task.shape == (5,)
+    net.widen({"fcs.0": 2})
+    assert torch.equal(net.eval().logits(x, 0), logits)

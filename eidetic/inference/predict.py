@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..errors import TaskError
 from ..guarantee.lifecycle import make_guard, release_free_units
 from ..guarantee.slices import head_columns
-from ..state import Network, check_batch, device, features, reference_tensor
+from ..state import Network, check_batch, device, features, input_dtype, reference_tensor
 from ..training.data import as_loader, batches
 from ..training.task import Data, session, trainable
 from .memory import Reservoir
@@ -141,7 +141,7 @@ def _router_data(net: Network, data: Sequence[Data] | None, batch_size: int | No
         if not state.routers.memory.complete(tasks):
             raise TaskError("there are no exemplars of every task to fit the router on: train with "
                             "memory=k > 0, or pass data=[...] (one dataset per task)")
-        inputs = [state.routers.memory.tasks[k].inputs(state.input_dtype) for k in range(tasks)]
+        inputs = [state.routers.memory.tasks[k].inputs(input_dtype(net)) for k in range(tasks)]
     else:
         if len(data) != tasks:
             raise TaskError(f"fit_router needs one dataset per finished task ({tasks}), got {len(data)}")
