@@ -113,7 +113,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     would read as the flag being on), or its help already says it."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if (action.default is None or isinstance(action.default, bool) or "(default:" in (action.help or "")):
+        if action.default is None or isinstance(action.default, bool) or "(default:" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 

@@ -119,7 +119,7 @@ class Deployment(nn.Module):
         self.views = [mask_task for mask_task, _ in views]
         self.heads = nn.ModuleDict()
         self.columns: list[torch.Tensor] = []  # per view: the feature positions its body gives
-        self.checked: list[torch.Tensor] = []  # per view: which of them are its tasks' own (or read)
+        self.checked: list[torch.Tensor] = []  # per view: which of those are its tasks' own units
         self.source: dict[int, tuple[int, str]] = {}  # task: (view, head key)
         for v, (mask_task, view_tasks) in enumerate(views):
             last = max(view_tasks) if mask_task is not None or scorer is None else None
