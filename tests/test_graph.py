@@ -409,6 +409,35 @@ class Scaled(nn.Module):
             self.s.fill_(1.0)
 
 
+@pytest.mark.parametrize(("spec", "message"), [
+    # transposed: on a square layer the shapes fit either way, the units do not
+    (eidetic.LayerSpec(out_tensors=(("w", 0), ("s", 0)), in_tensor="w", in_dim=1, out_unit_dim=-1, in_unit_dim=-1),
+     r"'b' \(Scaled\): its LayerSpec says slice 0 of 'w' along dim 0 belongs to output unit 0.*moves output unit"),
+    (eidetic.LayerSpec(out_tensors=(("w", 1), ("s", 0), ("nope", 0)), in_tensor="w", in_dim=0, out_unit_dim=-1,
+                       in_unit_dim=-1), r"out_tensors names 'nope', which is not a parameter or buffer.*\['s', 'w'\]"),
+    (eidetic.LayerSpec(out_tensors=(("w", 1), ("s", 0)), in_tensor="w", in_dim=0, out_unit_dim=-1, in_unit_dim=-1,
+                       score_tensors=("typo",)), r"score_tensors names 'typo'"),
+    (eidetic.LayerSpec(out_tensors=(("w", 2), ("s", 0)), in_tensor="w", in_dim=0, out_unit_dim=-1, in_unit_dim=-1),
+     r"out_tensors give 'w' dim 2, but it has 2 dimension"),
+], ids=["transposed", "unknown-tensor", "unknown-score-tensor", "no-such-dim"])
+def test_a_custom_layer_spec_that_does_not_describe_its_layer_is_refused_at_set_up(spec, message,
+                                                                                   isolated_registries):
+    eidetic.register_layer(Scaled, spec)
+
+    class Net(eidetic.ContinualNetwork):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(5, 6), Scaled(6, 6)
+
+        def forward(self, x):
+            return F.relu(self.b(F.relu(self.a(x))))  # the ReLU zeroes some of b's inputs
+
+    net = Net()
+    with pytest.raises(eidetic.UnsupportedLayerError, match=message):
+        net.setup(torch.randn(2, 5))
+    assert net.graph is None
+
+
 def test_a_registered_custom_layer_is_mapped_and_never_forgets(isolated_registries):
     eidetic.register_layer(Scaled, eidetic.LayerSpec(out_tensors=(("w", 1), ("s", 0)), in_tensor="w", in_dim=0,
                                                      out_unit_dim=-1, in_unit_dim=-1, score_tensors=("w",)))

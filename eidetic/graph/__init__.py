@@ -20,6 +20,7 @@ from ..errors import UnsupportedLayerError
 from .layers import Layers, LayerSpec, check_refused, check_supported, input_positions, register_layer, spec_of
 from .probe import measure
 from .recurrent import RecurrentSpec, check_recurrent, recurrent_spec
+from .spec_check import check_specs
 from .table import FEATURES, Slot, UnitGraph, UnitGroup
 from .tracer import propose
 from .validate import compare
@@ -96,6 +97,7 @@ def discover(net: nn.Module, forward: Forward, example: torch.Tensor, *,
             with torch.no_grad():
                 forward(example)  # materialises lazy modules before anything inspects shapes
             layers = collect_layers(net, exclude)
+        check_specs(forward, layers, example)
         measured = measure(forward, layers, example)
         unused = [n for n in layers if n not in measured.layers]
         if unused:
