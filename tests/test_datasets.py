@@ -106,6 +106,9 @@ def test_find_mnist_in_the_torchvision_layout(tmp_path, gz):
 def test_find_mnist_missing_files_give_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         find_mnist(tmp_path / "nowhere")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(FileNotFoundError, match="is a file, not a data folder"):
+        find_mnist(tmp_path / "a-file")
     with pytest.raises(FileNotFoundError, match=r"no MNIST files found.*t10k-images-idx3-ubyte\[\.gz\]") as info:
         find_mnist(tmp_path)
     assert str(tmp_path / "MNIST" / "raw") in str(info.value)
@@ -120,6 +123,15 @@ def test_find_mnist_half_of_the_training_files_is_an_error(tmp_path):
     (tmp_path / "train-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(FileNotFoundError, match="missing train-labels-idx1-ubyte"):
         find_mnist(tmp_path)
+
+
+def test_labels_outside_the_ten_classes_are_refused_naming_the_file(tmp_path):
+    write_mnist(tmp_path)
+    labels = (torch.arange(60) % 10).to(torch.uint8)
+    labels[7] = 12
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte.gz holds labels \[12\] outside 0..9"):
+        load_mnist(tmp_path, holdout=20)
 
 
 def test_load_mnist_test_set_only_holds_out_a_fixed_split(tmp_path):

@@ -104,12 +104,15 @@ def test_patience_retries_a_failed_step_at_half_size():
     assert not steps[0].accepted and not steps[1].accepted and steps[2].accepted
 
 
-def test_a_known_number_of_tasks_prunes_each_task_to_its_share_first():
+def test_a_known_number_of_tasks_prunes_each_task_to_its_share_first(caplog):
     net = open_task()
-    # the metric drops below the floor at the first pruned unit: the share step is kept anyway, and ends the loop
-    steps = net.prune_until(0, data(), batch_size=8, optimizer=sgd, metric=StepMetric(net, limit=0), progress=False,
-                            pruning=eidetic.Pruning(tasks=4, tolerance=0.0, recovery_epochs=0))
+    # the metric drops below the floor at the first pruned unit: the share step is kept anyway, ends the loop, and
+    # says so
+    with caplog.at_level("WARNING", logger="eidetic"):
+        steps = net.prune_until(0, data(), batch_size=8, optimizer=sgd, metric=StepMetric(net, limit=0),
+                                progress=False, pruning=eidetic.Pruning(tasks=4, tolerance=0.0, recovery_epochs=0))
     assert len(steps) == 1 and steps[0].accepted
+    assert any("pruned to its share of the free units (Pruning(tasks=4))" in r.getMessage() for r in caplog.records)
     assert steps[0].removed == {"fcs.0": 6, "fcs.1": 4}  # keeps a quarter: 2 of 8, 1 of 5
     # within the floor, the tolerance loop goes on from the share
     net = open_task()

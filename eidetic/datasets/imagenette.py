@@ -61,6 +61,9 @@ def find_imagenette(root: str | Path) -> Path:
     root = Path(root)
     hint = ("give the folder that holds it (--data-dir on the command line), or download=True (--download) to "
             "fetch it with torchvision")
+    if root.is_file():
+        raise FileNotFoundError(f"'{root}' is a file, not a data folder: give the folder that holds the data "
+                                "(--data-dir on the command line)")
     if not root.is_dir():
         where = f"'{root}'" if root.is_absolute() else f"'{root}' ({root.resolve()})"
         raise FileNotFoundError(f"Imagenette data folder {where} does not exist: expected "

@@ -58,6 +58,9 @@ def find_mnist(root: str | Path, dataset: str = "MNIST") -> dict[str, Path]:
     title, root = _TITLES[dataset], Path(root)
     layout = (f"the IDX files {_NAMES['test_images']}[.gz], {_NAMES['test_labels']}[.gz] (and the train-* pair) in "
               f"it or in {root / dataset / 'raw'} (torchvision's layout)")
+    if root.is_file():
+        raise FileNotFoundError(f"'{root}' is a file, not a data folder: give the folder that holds the data "
+                                "(--data-dir on the command line)")
     if not root.is_dir():
         where = f"'{root}'" if root.is_absolute() else f"'{root}' ({root.resolve()})"
         raise FileNotFoundError(f"{title} data folder {where} does not exist: expected {layout}; "
@@ -147,6 +150,10 @@ def _read_pair(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torc
         raise ValueError(f"{images_path} holds {images.dtype} values, not the unsigned bytes of MNIST images")
     if len(images) != len(labels):
         raise ValueError(f"{images_path} holds {len(images)} images but {labels_path} {len(labels)} labels")
+    if len(labels) and not bool(((labels >= 0) & (labels <= 9)).all()):
+        bad = sorted({int(v) for v in labels[(labels < 0) | (labels > 9)][:5]})
+        raise ValueError(f"{labels_path} holds labels {bad} outside 0..9: not MNIST's or Fashion-MNIST's ten classes "
+                         "(a corrupt or foreign file)")
     return images.unsqueeze(1), labels.long()
 
 

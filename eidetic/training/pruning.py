@@ -306,6 +306,10 @@ def prune_until(session: TaskSession, layers, graph: UnitGraph, ownership: Owner
     if first is not None:
         within, first.accepted = first.accepted, True
         if not within:
+            log.warning("task %d: pruned to its share of the free units (Pruning(tasks=%d)), its metric is %.4f, "
+                        "below the floor of %.4f; the share is kept whatever the metric, so that later tasks get "
+                        "theirs: give the task more recovery (recovery_epochs) or the network more units (widen)",
+                        session.task, config.tasks, first.metric, floor)
             return reference, steps
     fraction, threshold, retries = config.first_step, config.threshold, 0
     while room():
