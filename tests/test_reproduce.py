@@ -70,6 +70,9 @@ def test_each_experiment_starts_on_synthetic_data(name, data, tmp_path):
     words = document["run_command"].split()  # the override replaces the paper's setting, once
     assert words.count("--epochs") == 1 and words[words.index("--epochs") + 1] == "1"
     assert words.count("--width") == 1 and words[words.index("--width") + 1] == "2"
+    assert words[words.index("--first") + 1] == "1"  # the recorded command trains the tasks that were trained
+    again = cli.build_parser().parse_args(words[1:])  # after "eidetic"
+    assert (again.first, again.epochs, again.width) == (1, 1, 2)
 
 
 def test_the_paper_settings_reach_the_run(data, tmp_path):

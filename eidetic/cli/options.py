@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--tasks", type=_int_at_least(1), default=None,
                       help="number of tasks (default: 10 for permuted and split-cifar100 (5, 10 or 20), 20 for "
                            "cifar100-superclasses, else 5; fewer keep the first tasks)")
+    data.add_argument("--first", type=_int_at_least(1), default=None,
+                      help="train only the first N of the benchmark's tasks, split as --tasks says (default: all; "
+                           "eidetic reproduce --tasks uses it)")
     data.add_argument("--data-dir", type=Path, default=Path("data"),
                       help="the data's folder: MNIST or Fashion-MNIST IDX files (or a torchvision root holding "
                            "MNIST/raw, FashionMNIST/raw); the folder holding cifar-10-batches-py/ or "
@@ -351,7 +354,7 @@ class Config:
     pin_memory: bool = False
     precision: str | None = None
     channels_last: bool = False
-    first: int | None = None  # train only the first tasks of the benchmark (eidetic reproduce --tasks)
+    first: int | None = None  # train only the first tasks of the benchmark (--first; eidetic reproduce --tasks)
     grow_first_task: bool | None = None  # lsg: the first task grows too (SparseGrowth(first_task=True))
 
     def to_dict(self) -> dict:
@@ -370,6 +373,8 @@ def resolve(args: argparse.Namespace, error) -> Config:
     """
     base = defaults(args.benchmark)
     tasks = datasets.default_tasks(args.benchmark) if args.tasks is None else args.tasks
+    if args.first is not None and args.first > tasks:
+        error(f"argument --first: {args.benchmark} is split into {tasks} tasks here, got --first {args.first}")
     try:
         datasets.spec(args.benchmark).check_tasks(tasks)
     except ValueError as exc:
@@ -415,6 +420,7 @@ def resolve(args: argparse.Namespace, error) -> Config:
         download=args.download, out=str(out), plots=not args.no_plots, progress=not args.no_progress,
         **_optimizer_options(args, error), early_stopping=args.early_stopping, patience=args.patience,
         augment=args.augment, image_size=args.image_size, **_device_options(args, device, model, error),
+        first=args.first,
     )
 
 

@@ -71,10 +71,9 @@ def reproduce(name: str, data_dir: str | Path, out: str | Path, *, epochs: int |
     if tasks is not None and not 1 <= tasks <= chosen.tasks:
         raise ValueError(f"--tasks: {name} has {chosen.tasks} tasks; keep 1 to {chosen.tasks} of them, got {tasks}")
     words = chosen.command(str(data_dir), {k: v for k, v in overrides.items() if k != "tasks"})[1:]
-    words += [*run_options, "--out", str(out)]
+    words += [*(["--first", str(tasks)] if tasks is not None else []), *run_options, "--out", str(out)]
     args = build_parser().parse_args(words)
     config = resolve(args, args.error)
-    config.first = tasks
     run = train(config)
     paths = write_outputs(run, argv or ["reproduce", name])
     initial = body_parameters(zoo.build_model(config.model, run.benchmark.input_shape, config.width,
