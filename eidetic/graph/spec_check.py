@@ -98,8 +98,10 @@ def _check_out_slices(name: str, module: nn.Module, spec: LayerSpec, x: torch.Te
             saved = tensor.detach().clone()
             part = tensor.data.select(dim, u)
             part.add_(1.0 + float(part.abs().max()) if part.numel() else 1.0)
-            moved = (module(x) != base).movedim(unit_dim, 0).flatten(1).any(dim=1)
-            tensor.data.copy_(saved)
+            try:
+                moved = (module(x) != base).movedim(unit_dim, 0).flatten(1).any(dim=1)
+            finally:
+                tensor.data.copy_(saved)
             others = [int(i) for i in moved.nonzero().flatten() if int(i) != u]
             if others:
                 raise UnsupportedLayerError(
