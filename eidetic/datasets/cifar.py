@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .folders import HINT, require_folder
 from .images import ByteImages
 
 
@@ -99,15 +100,7 @@ def find_cifar(root: str | Path, name: str = "cifar10") -> Path:
         folder = find_cifar("data", "cifar100")        # data/cifar-100-python
     """
     release, root = _release(name), Path(root)
-    hint = ("give the folder that holds it (--data-dir on the command line), or download=True (--download) to "
-            "fetch it with torchvision")
-    if root.is_file():
-        raise FileNotFoundError(f"'{root}' is a file, not a data folder: give the folder that holds the data "
-                                "(--data-dir on the command line)")
-    if not root.is_dir():
-        where = f"'{root}'" if root.is_absolute() else f"'{root}' ({root.resolve()})"
-        raise FileNotFoundError(f"{release.title} data folder {where} does not exist: expected "
-                                f"{_layout(release, root)}; {hint}")
+    require_folder(root, release.title, _layout(release, root))
     for folder in (root, root / release.folder):
         present = [f for f in release.files if (folder / f).is_file()]
         if present and len(present) < len(release.files):
@@ -117,7 +110,7 @@ def find_cifar(root: str | Path, name: str = "cifar10") -> Path:
         if present:
             return folder
     archive = root / release.archive
-    extract = f"; extract {archive} there first (tar xzf)" if archive.is_file() else f"; {hint}"
+    extract = f"; extract {archive} there first (tar xzf)" if archive.is_file() else f"; {HINT}"
     raise FileNotFoundError(f"no {release.title} found in {root}: expected {_layout(release, root)}{extract}")
 
 

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .folders import HINT, require_folder
+
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 """File name endings read as images (any case)."""
 
@@ -59,15 +61,7 @@ def find_imagenette(root: str | Path) -> Path:
         find_imagenette("data")             # data/imagenette2-320
     """
     root = Path(root)
-    hint = ("give the folder that holds it (--data-dir on the command line), or download=True (--download) to "
-            "fetch it with torchvision")
-    if root.is_file():
-        raise FileNotFoundError(f"'{root}' is a file, not a data folder: give the folder that holds the data "
-                                "(--data-dir on the command line)")
-    if not root.is_dir():
-        where = f"'{root}'" if root.is_absolute() else f"'{root}' ({root.resolve()})"
-        raise FileNotFoundError(f"Imagenette data folder {where} does not exist: expected "
-                                f"{_layout(root)}; {hint}")
+    require_folder(root, "Imagenette", _layout(root))
     if any((root / s).is_dir() for s in SPLITS):
         return root
     found = [root / f for f in RELEASES.values() if all((root / f / s).is_dir() for s in SPLITS)]
@@ -75,7 +69,7 @@ def find_imagenette(root: str | Path) -> Path:
         raise FileNotFoundError(f"several Imagenette releases in {root} ({', '.join(f.name for f in found)}): give "
                                 "the folder of the one to use")
     if not found:
-        raise FileNotFoundError(f"no Imagenette found in {root}: expected {_layout(root)}; {hint}")
+        raise FileNotFoundError(f"no Imagenette found in {root}: expected {_layout(root)}; {HINT}")
     return found[0]
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .folders import HINT, require_folder
 from .idx import read_idx
 from .images import ByteImages, ImageSet
 
@@ -58,14 +59,7 @@ def find_mnist(root: str | Path, dataset: str = "MNIST") -> dict[str, Path]:
     title, root = _TITLES[dataset], Path(root)
     layout = (f"the IDX files {_NAMES['test_images']}[.gz], {_NAMES['test_labels']}[.gz] (and the train-* pair) in "
               f"it or in {root / dataset / 'raw'} (torchvision's layout)")
-    if root.is_file():
-        raise FileNotFoundError(f"'{root}' is a file, not a data folder: give the folder that holds the data "
-                                "(--data-dir on the command line)")
-    if not root.is_dir():
-        where = f"'{root}'" if root.is_absolute() else f"'{root}' ({root.resolve()})"
-        raise FileNotFoundError(f"{title} data folder {where} does not exist: expected {layout}; "
-                                f"give the folder that holds them (--data-dir on the command line), or "
-                                f"download=True (--download) to fetch them with torchvision")
+    require_folder(root, title, layout)
     folders = [root, root / dataset / "raw", root / "raw"]
     for folder in folders:
         found = {key: _find_file(folder, name) for key, name in _NAMES.items()}
@@ -80,8 +74,7 @@ def find_mnist(root: str | Path, dataset: str = "MNIST") -> dict[str, Path]:
         return {k: v for k, v in found.items() if v is not None}
     where = ", ".join(str(f) for f in folders)
     raise FileNotFoundError(f"no {title} files found: looked for {_NAMES['test_images']}[.gz] and "
-                            f"{_NAMES['test_labels']}[.gz] in {where}; give the folder that holds them (--data-dir "
-                            f"on the command line), or download=True (--download) to fetch them with torchvision")
+                            f"{_NAMES['test_labels']}[.gz] in {where}; {HINT}")
 
 
 def _find_file(folder: Path, name: str) -> Path | None:
