@@ -20,7 +20,7 @@ from ..errors import UnsupportedLayerError
 from .layers import Layers, LayerSpec, check_refused, check_supported, input_positions, register_layer, spec_of
 from .probe import measure
 from .recurrent import RecurrentSpec, check_recurrent, recurrent_spec
-from .spec_check import check_specs
+from .spec_check import check_specs, first_inputs
 from .table import FEATURES, Slot, UnitGraph, UnitGroup
 from .tracer import propose
 from .validate import compare
@@ -123,20 +123,7 @@ def validate(net: nn.Module, forward: Forward, example: torch.Tensor, table: Uni
         measured = measure(forward, layers, example)
         problems = compare(table, measured)
         recurrent = {n: ms for n, ms in layers.items() if isinstance(ms[1], RecurrentSpec)}
-        inputs: dict[str, tuple] = {}
-
-        def keep(name: str):
-            def hook(module, args, output) -> None:
-                inputs.setdefault(name, args)
-            return hook
-
-        handles = [m.register_forward_hook(keep(n)) for n, (m, _) in recurrent.items()]
-        try:
-            with torch.no_grad():
-                forward(example)
-        finally:
-            for h in handles:
-                h.remove()
+        inputs = first_inputs(forward, recurrent, example)
         for name, (module, spec) in recurrent.items():
             if name in inputs:
                 problems += check_recurrent(name, module, spec, inputs[name])

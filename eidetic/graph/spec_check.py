@@ -29,12 +29,12 @@ def check_specs(forward, layers: Layers, example: torch.Tensor) -> None:
         return
     for name, (module, spec) in custom.items():
         _check_names(name, module, spec)
-    inputs = _first_inputs(forward, custom, example)
+    inputs = first_inputs(forward, custom, example)
     generator = torch.Generator().manual_seed(0)
     for name, (module, spec) in custom.items():
-        if name not in inputs:
+        if not inputs.get(name) or not isinstance(inputs[name][0], torch.Tensor):
             continue
-        x = inputs[name]
+        x = inputs[name][0]
         if x.is_floating_point():  # dense: the example's own input may be zero where it matters (after a ReLU)
             x = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         _check_out_slices(name, module, spec, x)
@@ -64,13 +64,15 @@ def _check_names(name: str, module: nn.Module, spec: LayerSpec) -> None:
                                         f"{dim}, but it has {tensors[tensor].dim()} dimension(s)")
 
 
-def _first_inputs(forward, layers: Layers, example: torch.Tensor) -> dict[str, torch.Tensor]:
-    inputs: dict[str, torch.Tensor] = {}
+def first_inputs(forward, layers: Layers, example: torch.Tensor) -> dict[str, tuple]:
+    """The positional arguments each of ``layers`` is first called with in ``forward(example)``
+    (its tensors copied: a later in-place operation cannot change them)."""
+    inputs: dict[str, tuple] = {}
 
     def record(name):
         def hook(_module, args):
-            if name not in inputs and args and isinstance(args[0], torch.Tensor):
-                inputs[name] = args[0].detach().clone()
+            if name not in inputs:
+                inputs[name] = tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args)
         return hook
 
     handles = [module.register_forward_pre_hook(record(name)) for name, (module, _) in layers.items()]
