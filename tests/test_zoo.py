@@ -82,3 +82,9 @@ def test_bad_models_and_checkpoints_give_clear_errors(tmp_path):
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match=r"not an eidetic\.zoo checkpoint"):
         zoo.load_checkpoint(tmp_path / "other.pt")
+    (tmp_path / "text.pt").write_text("not a torch file")
+    with pytest.raises(CheckpointError, match=r"not an eidetic\.zoo checkpoint: torch\.load cannot read it"):
+        zoo.load_checkpoint(tmp_path / "text.pt")
+    for width in (True, 0, 2.5):
+        with pytest.raises(ValueError, match=r"build_model\(width=.*positive int"):
+            zoo.build_model("mlp", (1, 8, 8), width=width)

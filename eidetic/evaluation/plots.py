@@ -60,7 +60,7 @@ def plot_accuracy_matrix(results: Results | dict | list, path: str | Path, *, ti
     if size == 0:
         raise ValueError("the accuracy matrix is empty: train at least one task")
     values = [[float("nan") if v is None else v for v in row] for row in matrix]
-    fig = _figure(1.6 + 0.65 * size, 1.2 + 0.55 * size)
+    fig = _figure(max(4.2, 1.6 + 0.65 * size), 1.2 + 0.55 * size)  # wide enough for the title at 2-3 tasks
     ax = fig.subplots()
     image = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis")
     for i, row in enumerate(matrix):

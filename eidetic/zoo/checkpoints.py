@@ -40,7 +40,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         with torch.no_grad():
             prediction = net.predict(x)        # task and class, no task id needed
     """
-    saved = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        saved = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch.load raises many types for a file that is not a (safe) torch file
+        raise CheckpointError(f"{path} is not an eidetic.zoo checkpoint: torch.load cannot read it "
+                              f"({type(error).__name__}); write one with eidetic.zoo.save_checkpoint") from error
     if not isinstance(saved, dict) or saved.get("format") != _CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an eidetic.zoo checkpoint")
     config = dict(saved["config"])

@@ -136,4 +136,6 @@ def build_model(name: str, input_shape: tuple[int, ...], width: int | None = Non
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
+        raise ValueError(f"build_model(width={width!r}): use a positive int, or None for the model's default")
     return CLASSES[method][name](tuple(input_shape), width)
