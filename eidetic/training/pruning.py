@@ -277,15 +277,13 @@ def prune_until(session: TaskSession, layers, graph: UnitGraph, ownership: Owner
     if floor is None:
         floor = reference * (1.0 - config.tolerance)
     snapshot = Snapshot(session.body, session.guard, ownership)
-    strategy = importance(config.method)
     blocks = group_blocks(layers, graph)
     least = {key: [math.ceil((1.0 - config.max_pruning_ratio) * n - 1e-9) for n in counts]
              for key, counts in alive_counts(ownership, blocks).items()}
     steps: list[PruneStep] = []
 
     def step(fraction: float | None, threshold: float | None) -> PruneStep | None:
-        scores = _finite(distributed.average(strategy(session.scoring_context(layers, graph, config.score_batches))),
-                         config.method, ownership)
+        scores = _scores(session, layers, graph, ownership, config)
         alive = _alive(ownership)
         removed = select(ownership, scores, blocks, fraction if threshold is None else None, threshold, least)
         if not removed:
@@ -341,9 +339,13 @@ def _check_finite_metric(value: float, task: int, config) -> None:
                         "or pruning=None")
 
 
-def _finite(scores: dict[str, torch.Tensor], method: str, ownership: Ownership) -> dict[str, torch.Tensor]:
-    """``scores``, refused unless they give every group one score per unit, finite for every
-    alive unit (a NaN would rank past the pruned units, and a step remove nothing, forever)."""
+def _scores(session: TaskSession, layers, graph: UnitGraph, ownership: Ownership,
+            config: Pruning | GracefulPruning) -> dict[str, torch.Tensor]:
+    """``config.method``'s scores of the units (averaged over the ranks), refused unless they give
+    every group one score per unit, finite for every alive unit (a NaN would rank past the
+    pruned units, and a step remove nothing, forever)."""
+    method = config.method
+    scores = distributed.average(importance(method)(session.scoring_context(layers, graph, config.score_batches)))
     if not isinstance(scores, dict):
         raise TaskError(f"importance {method!r} returned a {type(scores).__name__}; return {{group key: one score "
                         "per unit}}")
@@ -406,9 +408,7 @@ def graceful_prune(session: TaskSession, layers, graph: UnitGraph, ownership: Ow
     short)."""
     reference = measure(session, config)
     snapshot = Snapshot(session.body, session.guard, ownership)
-    scores = _finite(distributed.average(importance(config.method)(session.scoring_context(layers, graph,
-                                                                                          config.score_batches))),
-                     config.method, ownership)
+    scores = _scores(session, layers, graph, ownership, config)
     blocks = group_blocks(layers, graph)
     alive = _alive(ownership)
     tried: list[PruneStep] = []
