@@ -183,16 +183,22 @@ def test_the_loop_never_prunes_past_the_ratio():
     assert alive == {"fcs.0": 4, "fcs.1": 3}  # half of 8; 2.5 of 5 rounds up to 3 kept
 
 
-def test_a_nan_metric_is_refused_with_a_clear_error_and_the_network_is_put_back():
+def assert_task_1_refused_and_put_back(match: str, **kwargs) -> None:
+    """After task 0, ``train_task(1, ..., **kwargs)`` raises a TaskError matching ``match`` and
+    leaves the network exactly as it was."""
     torch.manual_seed(0)
     net = MLP(SPEC)
     net.train_task(0, data(), batch_size=8, num_classes=3, optimizer=adam, epochs=1, progress=False)
     before = tensors(net)
-    with pytest.raises(eidetic.TaskError, match=r"monitored metric is nan .*finite"):
-        net.train_task(1, data(1), batch_size=8, num_classes=3, optimizer=adam, epochs=1, progress=False,
-                       metric=lambda logits, targets: torch.tensor(float("nan")))
+    with pytest.raises(eidetic.TaskError, match=match):
+        net.train_task(1, data(1), batch_size=8, num_classes=3, optimizer=adam, epochs=1, progress=False, **kwargs)
     assert net.num_tasks == 1
     assert all(torch.equal(tensors(net)[key], value) for key, value in before.items())
+
+
+def test_a_nan_metric_is_refused_with_a_clear_error_and_the_network_is_put_back():
+    assert_task_1_refused_and_put_back(r"monitored metric is nan .*finite",
+                                       metric=lambda logits, targets: torch.tensor(float("nan")))
 
 
 def test_register_importance_checks_what_it_is_given(isolated_registries):
@@ -226,15 +232,8 @@ def test_an_importance_method_with_scores_of_the_wrong_shape_is_refused(scores, 
 def test_an_importance_method_with_non_finite_scores_is_refused(bad, kind, isolated_registries):
     """A NaN score ranks past the pruned units, so a step would remove nothing, forever."""
     eidetic.register_importance("broken", lambda ctx: {g.key: torch.full((g.size,), bad) for g in ctx.graph})
-    torch.manual_seed(0)
-    net = MLP(SPEC)
-    net.train_task(0, data(), batch_size=8, num_classes=3, optimizer=adam, epochs=1, progress=False)
-    before = tensors(net)
-    with pytest.raises(eidetic.TaskError, match=r"importance 'broken' gave \d+ non-finite score\(s\).*'fcs.0'"):
-        net.train_task(1, data(1), batch_size=8, num_classes=3, optimizer=adam, epochs=1, progress=False,
-                       pruning=kind(method="broken", monitor="train"))
-    assert net.num_tasks == 1
-    assert all(torch.equal(tensors(net)[key], value) for key, value in before.items())
+    assert_task_1_refused_and_put_back(r"importance 'broken' gave \d+ non-finite score\(s\).*'fcs.0'",
+                                       pruning=kind(method="broken", monitor="train"))
 
 
 @pytest.mark.parametrize(("pruning", "removed"), [
